@@ -1,0 +1,131 @@
+"""The `mtbench` command line: parses, calls library functions, formats output. No logic lives here."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from mtbench.errors import MtbenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Benchmark and ablation harness for multi-task dense prediction.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file, e.g. experiments/quickstart.yaml.")],
+    override: Annotated[list[str] | None, typer.Option("--override", "-o", help="key.path=value (repeatable).")]
+    = None,
+    smoke: Annotated[bool, typer.Option(help="Synthetic data, tiny backbone, few steps: a CPU check.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue each trial from its last checkpoint.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved trials and exit.")] = False,
+) -> None:
+    """Run every trial (variant x seed) of an experiment and log each as an MLflow run."""
+    from mtbench.config import expand_trials, load_experiment
+    from mtbench.sweep import launch_local
+
+    exp = load_experiment(experiment, override or [], smoke=smoke)
+    trials = expand_trials(exp, where=str(experiment))
+    if dry_run:
+        console.print(yaml.safe_dump([t.model_dump() for t in trials], sort_keys=False))
+        return
+    console.print(f"[bold]{exp.name}[/]: {len(trials)} trials "
+                  f"({len(trials) // len(exp.seeds)} variants x {len(exp.seeds)} seeds)")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        results = launch_local(trials, resume=resume, progress=progress)
+    table = Table(title=f"{exp.name}: test metrics")
+    table.add_column("trial")
+    table.add_column("status")
+    keys = sorted({k for r in results for k in r.metrics if k != "error"})
+    for key in keys:
+        table.add_column(key, justify="right")
+    for r in results:
+        table.add_row(r.key, r.status, *[f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in keys])
+    console.print(table)
+    failed = [r for r in results if r.status != "FINISHED"]
+    if failed:
+        raise MtbenchError("\n".join(f"trial {r.key} failed: {r.metrics.get('error', '')}" for r in failed))
+    console.print(f"Browse the runs with `mtbench ui`; tables with `mtbench report --experiment {exp.name}`.")
+
+
+@app.command()
+def report(
+    experiment: Annotated[str | None, typer.Option(help="Experiment name (default: all).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the tables.")] = Path("reports"),
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI "
+                                                          "or sqlite:///mlruns.db).")] = None,
+    reference: Annotated[str, typer.Option(help="Variant whose runs are the Δm reference.")] = "single_task",
+) -> None:
+    """Write LaTeX, Markdown and CSV tables (mean ± std over seeds, Δm) from the MLflow runs."""
+    from mtbench import tracking
+    from mtbench.report import build_report
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_tracking_uri(uri)
+    for path in build_report(uri, experiment, out_dir=out, reference_variant=reference):
+        console.print(f"wrote {path}")
+
+
+@app.command(name="list")
+def list_entries() -> None:
+    """List registered models, backbones, datasets, weightings and metric variants."""
+    import mtbench.data  # noqa: F401  (registers datasets)
+    import mtbench.losses  # noqa: F401  (registers weightings)
+    import mtbench.metrics  # noqa: F401  (registers meters)
+    from mtbench.models import model_options
+    from mtbench.registry import BACKBONES, DATASETS, METERS, MODELS, WEIGHTINGS
+
+    table = Table(title="mtbench registries")
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("details")
+    for name in MODELS:
+        table.add_row("model", name, ", ".join(f"{k}={v!r}" for k, v in model_options(name).items()))
+    for name in BACKBONES:
+        table.add_row("backbone", name, f"timm {BACKBONES.get(name).timm_name}")
+    for name in DATASETS:
+        table.add_row("dataset", name, (DATASETS.get(name).__doc__ or "").strip().splitlines()[0])
+    for name in WEIGHTINGS:
+        table.add_row("weighting", name, (WEIGHTINGS.get(name).__doc__ or "").strip().splitlines()[0])
+    for name in METERS:
+        table.add_row("metric variant", name, (METERS.get(name).__doc__ or "").strip().splitlines()[0])
+    console.print(table)
+
+
+@app.command()
+def ui(
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI "
+                                                          "or sqlite:///mlruns.db).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the run store."""
+    from mtbench import tracking
+
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    raise typer.Exit(tracking.launch_ui(uri, host="127.0.0.1", port=port))
+
+
+def main() -> None:
+    """Entry point: user errors print one message and exit 2, without a traceback."""
+    try:
+        app()
+    except MtbenchError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; continue with `mtbench run ... --resume`.")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Read experiment YAML: `base:` inheritance, `-o key.path=value` overrides, validation, --smoke."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from mtbench.config.schema import Experiment, Sections, TrialConfig, VariantConfig
+from mtbench.errors import MtbenchError
+from mtbench.tasks import DATASET_FAMILY
+
+# What --smoke swaps in: the synthetic stand-in of the same dataset family, a tiny backbone, tiny
+# images and a few steps, so any experiment file runs end to end on a CPU in about a minute.
+SMOKE_DATASET = {"nyud": "synthetic_nyud", "pascal_context": "synthetic_pascal"}
+SMOKE_DATASET_OPTIONS = {"height": 48, "width": 64, "num_train": 16, "num_val": 8, "num_test": 8}
+SMOKE_TRAIN = {"steps": 4, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "checkpoint_every": 2}
+SMOKE_BACKBONE = "tiny"
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Load one YAML mapping, with errors that name the file."""
+    if not path.is_file():
+        raise MtbenchError(f"experiment file {str(path)!r} does not exist. "
+                           "Check the path; examples live in experiments/.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise MtbenchError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MtbenchError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
+    return data
+
+
+def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """Merge `child` over `base`: dicts merge recursively; lists and scalars replace."""
+    out = copy.deepcopy(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read `path` and the chain of `base:` files it names (relative to the including file)."""
+    path = path.resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p.name) for p in (*_seen, path))
+        raise MtbenchError(f"{path}: `base:` files include each other in a cycle ({chain}).")
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise MtbenchError(f"{path}: `base:` must be one relative file path, got {base!r}.")
+    return deep_merge(load_raw(path.parent / base, (*_seen, path)), data)
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any, *, where: str) -> None:
+    """Set `data[a][b][c] = value` for the key path 'a.b.c', creating dicts on the way."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise MtbenchError(f"{where}: {dotted!r} is not a key path like train.steps.")
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise MtbenchError(f"{where}: cannot set {dotted!r}: {key!r} holds a value, not a section.")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split a CLI override 'key.path=value'; the value is read as YAML (so 3, 1e-3, [a, b] work)."""
+    if "=" not in text:
+        raise MtbenchError(f"override {text!r} must look like key.path=value, e.g. -o train.steps=200.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a raw experiment turned into its --smoke version (see SMOKE_*)."""
+    data = copy.deepcopy(data)
+    dataset = data.setdefault("dataset", {})
+    name = dataset.get("name", "synthetic_nyud")
+    family = DATASET_FAMILY.get(name)
+    if family is None:
+        raise MtbenchError(f"--smoke: unknown dataset {name!r}; valid: {', '.join(DATASET_FAMILY)}.")
+    dataset.update(name=SMOKE_DATASET[family], root=None, options=dict(SMOKE_DATASET_OPTIONS))
+    model = data.setdefault("model", {})
+    model.update(backbone=SMOKE_BACKBONE, pretrained=False)
+    train = data.setdefault("train", {})
+    train.update(SMOKE_TRAIN)
+    train.setdefault("schedule", {})["warmup_steps"] = 1
+    data["seeds"] = list(data.get("seeds") or [0])[:1]
+    for variant in data.get("variants") or []:
+        overrides = variant.get("overrides") or {}
+        for key in [k for k in overrides if k.startswith(("model.backbone", "model.pretrained",
+                                                          "dataset.", "train."))]:
+            del overrides[key]
+    return data
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    """Suggest the closest valid key for an unknown key at `loc` in `model`."""
+    node: Any = model
+    for part in loc[:-1]:
+        field = getattr(node, "model_fields", {}).get(part)
+        if field is None:
+            return ""
+        node = field.annotation
+    fields = list(getattr(node, "model_fields", {}))
+    close = difflib.get_close_matches(str(loc[-1]), fields, n=1)
+    return f" Did you mean {close[0]!r}?" if close else f" Valid keys here: {', '.join(fields)}."
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], where: str) -> str:
+    """Turn a pydantic error into lines that say which key, what is wrong and how to fix it."""
+    lines = []
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown key {key!r}.{_did_you_mean(model, loc)}")
+        else:
+            got = item.get("input")
+            shown = f" (got {got!r})" if not isinstance(got, dict) and got is not None else ""
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg}{shown}")
+    return f"{where}: invalid experiment config:\n  " + "\n  ".join(lines)
+
+
+def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise MtbenchError(format_validation_error(err, model, where)) from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Experiment:
+    """Load, merge, override and validate an experiment file; every trial is validated too."""
+    path = Path(path)
+    data = load_raw(path)
+    data.setdefault("name", path.stem)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        set_dotted(data, key, value, where=f"-o {text}")
+    if smoke:
+        data = apply_smoke(data)
+    experiment = validate(Experiment, data, str(path))
+    for trial in expand_trials(experiment, where=str(path)):
+        check_names(trial, where=f"{path}: variant {trial.variant!r}")
+    return experiment
+
+
+def check_names(trial: TrialConfig, where: str) -> None:
+    """Check every registry name and model option of a trial now, not minutes into a sweep."""
+    import mtbench.data  # noqa: F401  (registers datasets)
+    import mtbench.losses  # noqa: F401  (registers weightings)
+    from mtbench.models import check_model_options
+    from mtbench.registry import BACKBONES, DATASETS, MODELS, WEIGHTINGS
+    from mtbench.tasks import resolve_tasks
+
+    try:
+        DATASETS.get(trial.dataset.name)
+        resolve_tasks(trial.dataset.name, trial.dataset.tasks)
+        MODELS.get(trial.model.name)
+        BACKBONES.get(trial.model.backbone)
+        WEIGHTINGS.get(trial.loss.weighting)
+        check_model_options(trial.model.name, trial.model.options)
+    except MtbenchError as err:
+        raise MtbenchError(f"{where}: {err}") from None
+
+
+def expand_trials(experiment: Experiment, where: str = "experiment") -> list[TrialConfig]:
+    """Return one TrialConfig per (variant, seed); no variants means one variant named after the model."""
+    base = experiment.model_dump(include=set(Sections.model_fields))
+    variants = experiment.variants or [VariantConfig(name=experiment.model.name)]
+    trials = []
+    for variant in variants:
+        data = copy.deepcopy(base)
+        for key, value in variant.overrides.items():
+            set_dotted(data, key, value, where=f"{where}: variant {variant.name!r}")
+        for seed in experiment.seeds:
+            trial = dict(data, experiment=experiment.name, variant=variant.name, seed=seed)
+            trials.append(validate(TrialConfig, trial, f"{where}: variant {variant.name!r}"))
+    return trials
+

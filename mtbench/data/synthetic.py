@@ -1,0 +1,576 @@
+"""Procedural ray-cast scenes: the generator behind the embedded synthetic datasets (pure numpy).
+
+A scene is a room (floor, back wall, optional side walls) holding boxes, spheres, vertical
+cylinders and articulated figures. Every pixel casts one ray from a pinhole camera and the nearest
+analytic hit wins, so depth, normals, semantics, parts, saliency and boundaries all come from the
+same geometry: the labels are physically consistent, which is what makes multi-task learning matter.
+
+Conventions (documented once, relied on by tests and the Dataset):
+- World frame: metres; x right, y up, z forward (away from a camera at yaw 0); the floor is y = 0,
+  the camera sits at (0, camera.height, 0), the back wall at z = room_depth.
+- Camera frame of the normals: x right, y up, z towards the camera (right-handed, OpenGL style),
+  so visible surfaces have n_z > 0, a level camera sees the floor as (0, 1, 0) and a horizontal
+  flip negates n_x. Invalid pixels (no hit) have the zero vector.
+- Depth: camera-space z (distance along the optical axis, not along the ray) in metres; 0 = invalid.
+- Arrays come out image-like (H, W[, C]): `rgb` uint8, `depth` float32, `normals` float32 (H, W, 3),
+  `semseg`/`human_parts`/`sal`/`edge` uint8, `instance` int32, 255 (or -1 for instance) = no hit.
+
+Randomness comes only from `scene_rng(preset, split, index, seed)`, so a sample is a pure function
+of (preset, seed, split, index) and never depends on access order.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mtbench.tasks import HUMAN_PART_CLASSES, SYNTHETIC_SEMSEG_CLASSES
+
+FLOOR, WALL, BOX, SPHERE, CYLINDER, FIGURE = (SYNTHETIC_SEMSEG_CLASSES.index(c) for c in (
+    "floor", "wall", "box", "sphere", "cylinder", "figure"))
+HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG = (HUMAN_PART_CLASSES.index(c) for c in (
+    "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg"))
+FOREGROUND_CLASSES = (BOX, SPHERE, CYLINDER, FIGURE)
+IGNORE = 255
+SPLITS = ("train", "val", "test")
+# Room surfaces come first in the surface table; object instances are numbered after them.
+ROOM_SURFACES = ("floor", "back_wall", "left_wall", "right_wall")
+PLAIN, CHECKER, STRIPES_X, STRIPES_Y, STRIPES_Z = range(5)
+_EPS = 1e-6
+
+Vec3 = tuple[float, float, float]
+Range = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Camera:
+    """Pinhole camera at (0, height, 0): pitch > 0 looks down, yaw > 0 turns right (radians)."""
+
+    height: float
+    pitch: float
+    yaw: float
+    focal: float  # focal length in units of the image width (Kinect: 518 / 640 ≈ 0.81)
+
+
+@dataclass(frozen=True)
+class Material:
+    """Albedo plus a world-space pattern (PLAIN, CHECKER, STRIPES_*) of period `scale` metres."""
+
+    colour: Vec3
+    pattern: int = PLAIN
+    scale: float = 1.0
+    contrast: float = 0.0
+    phase: float = 0.0
+
+
+@dataclass(frozen=True)
+class Primitive:
+    """One analytic solid.
+
+    `sphere`: centre `a`, `radius`; `capsule`: segment `a`-`b` swept by `radius`; `cylinder`:
+    capped, axis `a` (bottom) to `b` (top); `box`: centre `a`, half extents `half`, rotated by `yaw`
+    about the vertical axis. `part` is the HUMAN_PART_CLASSES index on figures, else 0.
+    """
+
+    shape: str
+    a: Vec3
+    material: Material
+    b: Vec3 = (0.0, 0.0, 0.0)
+    radius: float = 0.0
+    half: Vec3 = (0.0, 0.0, 0.0)
+    yaw: float = 0.0
+    part: int = 0
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    """One instance: a semantic class and the primitives it is made of."""
+
+    semantic: int
+    primitives: tuple[Primitive, ...]
+
+
+@dataclass(frozen=True)
+class SceneParams:
+    """Everything `render` needs; sampled by `sample_scene`, editable with dataclasses.replace."""
+
+    camera: Camera
+    room_depth: float
+    room_half_width: float
+    side_walls: bool
+    floor: Material
+    wall: Material
+    light: Vec3
+    ambient: float
+    objects: tuple[SceneObject, ...]
+    noise_seed: int
+    noise_std: float  # Gaussian pixel noise, in uint8 units
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sampling ranges of one synthetic dataset; counts are probabilities of 0, 1, 2, ... objects."""
+
+    stream: int  # distinct per preset, mixed into the seed so presets never share random streams
+    camera_height: Range
+    pitch_deg: Range
+    yaw_deg: Range
+    focal: float
+    room_depth: Range
+    room_half_width: Range
+    side_wall_prob: float
+    distance: Range  # object distance from the camera (metres, on the floor)
+    boxes: tuple[float, ...]
+    spheres: tuple[float, ...]
+    cylinders: tuple[float, ...]
+    figures: tuple[float, ...]
+    wall_saturation: Range
+
+
+PRESETS: dict[str, Preset] = {
+    # An indoor room seen from head height, looking down a little, mostly furniture-like solids.
+    "synthetic_nyud": Preset(
+        stream=1, camera_height=(1.3, 1.8), pitch_deg=(8.0, 22.0), yaw_deg=(-15.0, 15.0), focal=0.81,
+        room_depth=(5.0, 9.0), room_half_width=(2.0, 4.0), side_wall_prob=0.8, distance=(1.8, 8.0),
+        boxes=(0.0, 0.3, 0.35, 0.25, 0.1), spheres=(0.35, 0.45, 0.2), cylinders=(0.35, 0.45, 0.2),
+        figures=(0.5, 0.35, 0.15), wall_saturation=(0.05, 0.25)),
+    # Closer, level shots with more people, so parts and saliency are common (PASCAL-Context-like).
+    "synthetic_pascal": Preset(
+        stream=2, camera_height=(1.2, 1.7), pitch_deg=(-2.0, 10.0), yaw_deg=(-20.0, 20.0), focal=0.9,
+        room_depth=(6.0, 12.0), room_half_width=(2.5, 5.0), side_wall_prob=0.3, distance=(1.6, 5.5),
+        boxes=(0.3, 0.4, 0.3), spheres=(0.45, 0.4, 0.15), cylinders=(0.45, 0.4, 0.15),
+        figures=(0.15, 0.4, 0.3, 0.15), wall_saturation=(0.1, 0.6)),
+}
+
+
+def scene_rng(preset: str, split: str, index: int, seed: int = 0) -> np.random.Generator:
+    """Return the generator of one scene, derived from (seed, preset, split, index) only."""
+    return np.random.default_rng(np.random.SeedSequence(
+        [seed, PRESETS[preset].stream, SPLITS.index(split), index]))
+
+
+def render_scene(preset: str, split: str, index: int, *, seed: int = 0, height: int = 96,
+                 width: int = 128) -> dict[str, np.ndarray]:
+    """Sample and render scene `index` of `split`: the one entry point the Dataset uses."""
+    return render(sample_scene(scene_rng(preset, split, index, seed), preset), height, width)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene sampling
+
+
+def _colour(rng: np.random.Generator, sat: Range = (0.3, 0.9), val: Range = (0.35, 0.95)) -> Vec3:
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(), rng.uniform(*sat), rng.uniform(*val))
+    return (r, g, b)
+
+
+def _material(rng: np.random.Generator, colour: Vec3, patterns: tuple[int, ...],
+              scale: Range, contrast: Range) -> Material:
+    s = float(rng.uniform(*scale))
+    return Material(colour, int(rng.choice(patterns)), s, float(rng.uniform(*contrast)),
+                    float(rng.uniform(0.1, 0.9)) * s)
+
+
+def _object_material(rng: np.random.Generator) -> Material:
+    return _material(rng, _colour(rng), (PLAIN, PLAIN, CHECKER, STRIPES_Y, STRIPES_X),
+                     (0.08, 0.4), (0.1, 0.35))
+
+
+def _rotate_y(v: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate (..., 3) vectors by `angle` about the vertical axis (x towards -z for angle > 0)."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.stack([c * v[..., 0] + s * v[..., 2], v[..., 1], -s * v[..., 0] + c * v[..., 2]], -1)
+
+
+def _limb_dir(side: float, swing: float, spread: float) -> np.ndarray:
+    """Unit direction of a limb hanging down, swung forward by `swing` and out by `spread`."""
+    return np.array([side * math.sin(spread), -math.cos(spread) * math.cos(swing),
+                     math.cos(spread) * math.sin(swing)])
+
+
+def _figure(rng: np.random.Generator, x: float, z: float, stature: float) -> SceneObject:
+    """Build an articulated person standing at (x, z): head, torso, arms and legs in a random pose."""
+    h = stature
+    skin = Material(colorsys.hsv_to_rgb(rng.uniform(0.02, 0.1), rng.uniform(0.25, 0.6),
+                                        rng.uniform(0.35, 0.95)))
+    shirt = _object_material(rng)
+    trousers = _material(rng, _colour(rng, (0.2, 0.8), (0.15, 0.7)), (PLAIN, PLAIN, STRIPES_Y),
+                         (0.05, 0.2), (0.05, 0.25))
+    forearm = skin if rng.uniform() < 0.5 else shirt
+    prims: list[tuple[str, np.ndarray, np.ndarray, float, int, Material]] = []
+
+    def limb(start: np.ndarray, d1: np.ndarray, d2: np.ndarray, lengths: Vec3, radii: Range,
+             parts: tuple[int, int], mats: tuple[Material, Material]) -> None:
+        joint = start + lengths[0] * d1
+        prims.append(("capsule", start, joint, radii[0], parts[0], mats[0]))
+        prims.append(("capsule", joint, joint + lengths[1] * d2, radii[1], parts[1], mats[1]))
+
+    hip_y, shoulder_y = 0.52 * h, 0.81 * h
+    lean = rng.uniform(-0.1, 0.15)
+    neck = np.array([0.0, shoulder_y - 0.03 * h, 0.0])
+    neck[2] += math.sin(lean) * (neck[1] - hip_y)
+    prims.append(("capsule", np.array([0.0, hip_y + 0.03 * h, 0.0]), neck, 0.09 * h, TORSO, shirt))
+    prims.append(("sphere", neck + [0.0, 0.125 * h, 0.02 * h], neck, 0.065 * h, HEAD, skin))
+    raised = rng.uniform() < 0.25
+    for side in (-1.0, 1.0):
+        swing = rng.uniform(1.2, 2.6) if raised and side > 0 else rng.uniform(-0.6, 0.9)
+        spread, bend = rng.uniform(0.05, 0.9), rng.uniform(0.0, 1.9)
+        shoulder = neck + [side * 0.125 * h, -0.01 * h, 0.0]
+        limb(shoulder, _limb_dir(side, swing, spread), _limb_dir(side, swing + bend, spread),
+             (0.17 * h, 0.16 * h), (0.032 * h, 0.027 * h), (UPPER_ARM, LOWER_ARM), (shirt, forearm))
+    stride = rng.uniform(-0.5, 0.5)
+    for side in (-1.0, 1.0):
+        swing = side * stride + rng.uniform(-0.1, 0.1)
+        spread, knee = rng.uniform(0.0, 0.2), rng.uniform(0.0, 0.9)
+        hip = np.array([side * 0.06 * h, hip_y, 0.0])
+        limb(hip, _limb_dir(side, swing, spread), _limb_dir(side, swing - knee, spread),
+             (0.245 * h, 0.245 * h), (0.05 * h, 0.04 * h), (UPPER_LEG, LOWER_LEG), (trousers, trousers))
+    # Stand on the floor: shift so the lowest point of the body touches y = 0.
+    lowest = min(min(a[1], b[1]) - r for _, a, b, r, _, _ in prims)
+    heading = rng.uniform(-math.pi, math.pi)
+    offset = np.array([x, -lowest, z])
+    out = []
+    for shape, a, b, r, part, mat in prims:
+        wa = _rotate_y(a, heading) + offset
+        wb = _rotate_y(b, heading) + offset
+        out.append(Primitive(shape, _vec(wa), mat, _vec(wb), float(r), part=part))
+    return SceneObject(FIGURE, tuple(out))
+
+
+def _vec(v: np.ndarray) -> Vec3:
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def _count(rng: np.random.Generator, probs: tuple[float, ...]) -> int:
+    return int(rng.choice(len(probs), p=np.asarray(probs) / sum(probs)))
+
+
+def sample_scene(rng: np.random.Generator, preset: str | Preset) -> SceneParams:
+    """Sample a room, camera, light and non-overlapping objects placed inside the camera's view."""
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    cam = Camera(float(rng.uniform(*p.camera_height)), math.radians(rng.uniform(*p.pitch_deg)),
+                 math.radians(rng.uniform(*p.yaw_deg)), p.focal)
+    depth, half_width = float(rng.uniform(*p.room_depth)), float(rng.uniform(*p.room_half_width))
+    floor = _material(rng, _colour(rng, (0.1, 0.5), (0.3, 0.7)), (CHECKER, STRIPES_X, STRIPES_Z, PLAIN),
+                      (0.25, 1.0), (0.1, 0.4))
+    wall = _material(rng, _colour(rng, p.wall_saturation, (0.55, 0.95)), (PLAIN, PLAIN, STRIPES_X, STRIPES_Y),
+                     (0.2, 0.8), (0.03, 0.15))
+    kinds = (["figure"] * _count(rng, p.figures) + ["box"] * _count(rng, p.boxes)
+             + ["sphere"] * _count(rng, p.spheres) + ["cylinder"] * _count(rng, p.cylinders))
+    half_fov = math.atan(0.5 / p.focal)
+    placed: list[tuple[float, float, float]] = []  # footprint circles (x, z, radius)
+    objects: list[SceneObject] = []
+    for kind in kinds:
+        stature = float(rng.uniform(1.45, 1.9))
+        size = rng.uniform(0.15, 0.6, size=3)
+        radius = {"figure": 0.3 * stature, "box": float(np.hypot(size[0], size[2])),
+                  "sphere": float(size[0] * 0.8), "cylinder": float(size[0] * 0.6)}[kind]
+        for _ in range(30):  # rejection sampling of a free spot in view
+            angle = cam.yaw + rng.uniform(-0.85, 0.85) * half_fov
+            dist = rng.uniform(p.distance[0], min(p.distance[1], depth - 0.5))
+            x, z = dist * math.sin(angle), dist * math.cos(angle)
+            if (abs(x) + radius < half_width and z + radius < depth
+                    and all(math.hypot(x - u, z - w) > radius + r for u, w, r in placed)):
+                break
+        else:
+            continue
+        placed.append((x, z, radius))
+        mat = _object_material(rng)
+        if kind == "figure":
+            objects.append(_figure(rng, x, z, stature))
+        elif kind == "box":
+            yaw = float(rng.uniform(0, math.pi / 2)) if rng.uniform() < 0.6 else 0.0
+            objects.append(SceneObject(BOX, (Primitive(
+                "box", (x, float(size[1]), z), mat, half=_vec(size), yaw=yaw),)))
+        elif kind == "sphere":
+            r = radius
+            objects.append(SceneObject(SPHERE, (Primitive("sphere", (x, r, z), mat, radius=r),)))
+        else:
+            tall = float(rng.uniform(0.3, 1.3))
+            objects.append(SceneObject(CYLINDER, (Primitive(
+                "cylinder", (x, 0.0, z), mat, (x, tall, z), radius),)))
+    light = (float(rng.uniform(-half_width, half_width) * 0.7), float(rng.uniform(2.3, 3.2)),
+             float(rng.uniform(0.5, depth - 0.5)))
+    return SceneParams(cam, depth, half_width, bool(rng.uniform() < p.side_wall_prob), floor, wall,
+                       light, float(rng.uniform(0.25, 0.45)), tuple(objects),
+                       int(rng.integers(2**31)), float(rng.uniform(1.0, 4.0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Ray casting
+
+
+def camera_basis(camera: Camera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the camera's (right, up, forward) unit vectors in world coordinates."""
+    cp, sp, cy, sy = math.cos(camera.pitch), math.sin(camera.pitch), math.cos(camera.yaw), math.sin(camera.yaw)
+    forward = np.array([sy * cp, -sp, cy * cp])
+    right = np.array([cy, 0.0, -sy])
+    return right, np.cross(forward, right), forward
+
+
+def ray_directions(camera: Camera, height: int, width: int) -> np.ndarray:
+    """Return (H*W, 3) world ray directions through pixel centres, scaled so d·forward = 1.
+
+    With that scaling the ray parameter of a hit is its camera-space depth.
+    """
+    right, up, forward = camera_basis(camera)
+    f = camera.focal * width
+    u = (np.arange(width) + 0.5 - width / 2) / f
+    v = (np.arange(height) + 0.5 - height / 2) / f
+    d = forward + u[None, :, None] * right - v[:, None, None] * up
+    return d.reshape(-1, 3)
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", a, b)
+
+
+def _hit_spheres(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest entry of rays o + t d into spheres (one per row); t = inf where missed."""
+    oc = o - c
+    a, b, cc = _dot(d, d), _dot(d, oc), _dot(oc, oc) - r * r
+    disc = b * b - a * cc
+    t = (-b - np.sqrt(np.maximum(disc, 0.0))) / a
+    t = np.where((disc >= 0) & (t > _EPS), t, np.inf)
+    n = (o + np.where(np.isfinite(t), t, 0.0)[:, None] * d - c) / r[:, None]
+    return t, n
+
+
+def _hit_tubes(o: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, r: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest entry into the open side of finite cylinders a-b; the ends are handled by caps."""
+    axis = b - a
+    length = np.linalg.norm(axis, axis=1)
+    u = axis / length[:, None]
+    w = o - a
+    du, wu = _dot(d, u), _dot(w, u)
+    dp, wp = d - du[:, None] * u, w - wu[:, None] * u
+    qa, qb, qc = _dot(dp, dp), _dot(dp, wp), _dot(wp, wp) - r * r
+    disc = qb * qb - qa * qc
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (-qb - np.sqrt(np.maximum(disc, 0.0))) / qa
+        s = wu + t * du
+        ok = (disc >= 0) & (qa > 1e-12) & (t > _EPS) & (s >= 0) & (s <= length)
+    t = np.where(ok, t, np.inf)
+    n = (wp + np.where(ok, t, 0.0)[:, None] * dp) / r[:, None]
+    return t, n
+
+
+def _hit_discs(o: np.ndarray, d: np.ndarray, c: np.ndarray, normal: np.ndarray, r: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Hits of rays on discs of centre c, outward normal `normal` and radius r."""
+    dn = _dot(d, normal)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = _dot(c - o, normal) / dn
+    q = o + np.where(np.isfinite(t), t, 0.0)[:, None] * d - c
+    ok = np.isfinite(t) & (t > _EPS) & (_dot(q, q) <= r * r)
+    return np.where(ok, t, np.inf), normal
+
+
+def _hit_boxes(o: np.ndarray, d: np.ndarray, c: np.ndarray, half: np.ndarray, yaw: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Slab-test entry into boxes rotated by `yaw` about the vertical axis."""
+    cy, sy = np.cos(yaw), np.sin(yaw)
+
+    def to_local(v: np.ndarray) -> np.ndarray:  # inverse of _rotate_y, per row
+        return np.stack([cy * v[:, 0] - sy * v[:, 2], v[:, 1], sy * v[:, 0] + cy * v[:, 2]], 1)
+
+    ol, dl = to_local(o - c), to_local(d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = (-half - ol) / dl, (half - ol) / dl
+    near, far = np.minimum(t1, t2), np.maximum(t1, t2)
+    axis = np.argmax(near, axis=1)
+    tn, tf = np.take_along_axis(near, axis[:, None], 1)[:, 0], far.min(axis=1)
+    t = np.where((tn <= tf) & (tn > _EPS), tn, np.inf)
+    nl = np.zeros_like(dl)
+    rows = np.arange(len(dl))
+    nl[rows, axis] = -np.sign(dl[rows, axis])
+    n = np.stack([cy * nl[:, 0] + sy * nl[:, 2], nl[:, 1], -sy * nl[:, 0] + cy * nl[:, 2]], 1)
+    return t, n
+
+
+def _screen_rects(centres: np.ndarray, radii: np.ndarray, origin: np.ndarray, camera: Camera,
+                  height: int, width: int) -> np.ndarray:
+    """Conservative pixel rectangles (y0, y1, x0, x1) covering each bounding sphere's projection."""
+    right, up, forward = camera_basis(camera)
+    rel = centres - origin
+    xc, yc, zc = rel @ right, rel @ up, rel @ forward
+    f = camera.focal * width
+    near = zc - radii
+    safe = np.maximum(near, 1e-3)
+    ex = f * radii * np.hypot(zc, xc) / (np.maximum(zc, 1e-3) * safe) + 1.5
+    ey = f * radii * np.hypot(zc, yc) / (np.maximum(zc, 1e-3) * safe) + 1.5
+    zs = np.maximum(zc, 1e-3)
+    uc, vc = width / 2 + f * xc / zs, height / 2 - f * yc / zs
+    rects = np.stack([np.floor(vc - ey), np.ceil(vc + ey), np.floor(uc - ex), np.ceil(uc + ex)], 1)
+    rects[near <= 0.05] = (0, height, 0, width)  # sphere reaches the camera plane: test everything
+    rects = np.nan_to_num(rects, nan=0.0, posinf=1e9, neginf=-1e9)
+    rects[:, :2] = np.clip(rects[:, :2], 0, height)
+    rects[:, 2:] = np.clip(rects[:, 2:], 0, width)
+    return rects.astype(np.int64)
+
+
+def _pixel_pairs(rects: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Expand per-primitive pixel rectangles into flat (primitive index, pixel index) pairs."""
+    hs, ws = rects[:, 1] - rects[:, 0], rects[:, 3] - rects[:, 2]
+    counts = np.maximum(hs, 0) * np.maximum(ws, 0)
+    owner = np.repeat(np.arange(len(rects)), counts)
+    local = np.arange(int(counts.sum())) - (np.cumsum(counts) - counts)[owner]
+    w = ws[owner]
+    return owner, (rects[owner, 0] + local // w) * width + rects[owner, 2] + local % w
+
+
+def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarray, camera: Camera,
+                     height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Intersect every (primitive, pixel-in-its-rectangle) pair; return pix, t, normal, primitive."""
+    a = np.array([p.a for p in prims], dtype=np.float64).reshape(-1, 3)
+    b = np.array([p.b for p in prims], dtype=np.float64).reshape(-1, 3)
+    r = np.array([p.radius for p in prims], dtype=np.float64)
+    half = np.array([p.half for p in prims], dtype=np.float64).reshape(-1, 3)
+    yaw = np.array([p.yaw for p in prims], dtype=np.float64)
+    shape = np.array([p.shape for p in prims])
+    is_box, is_sphere = shape == "box", shape == "sphere"
+    centre = np.where((is_box | is_sphere)[:, None], a, (a + b) / 2)
+    bound = np.where(is_box, np.linalg.norm(half, axis=1),
+                     np.where(is_sphere, r, np.linalg.norm(b - a, axis=1) / 2 + r))
+    owner, pix = _pixel_pairs(_screen_rects(centre, bound, origin, camera, height, width), width)
+    t = np.full(len(pix), np.inf)
+    n = np.zeros((len(pix), 3))
+
+    def keep(sel: np.ndarray, tt: np.ndarray, nn: np.ndarray) -> None:
+        better = tt < t[sel]
+        idx = np.flatnonzero(sel)[better]
+        t[idx] = tt[better]
+        n[idx] = nn[better] if nn.ndim == 2 and len(nn) == len(tt) else nn[better]
+
+    for kind in ("sphere", "capsule", "cylinder", "box"):
+        sel = shape[owner] == kind
+        if not sel.any():
+            continue
+        k, d = owner[sel], rays[pix[sel]]
+        if kind == "box":
+            keep(sel, *_hit_boxes(origin, d, a[k], half[k], yaw[k]))
+        elif kind == "sphere":
+            keep(sel, *_hit_spheres(origin, d, a[k], r[k]))
+        else:
+            keep(sel, *_hit_tubes(origin, d, a[k], b[k], r[k]))
+            if kind == "capsule":
+                keep(sel, *_hit_spheres(origin, d, a[k], r[k]))
+                keep(sel, *_hit_spheres(origin, d, b[k], r[k]))
+            else:
+                u = (b[k] - a[k]) / np.linalg.norm(b[k] - a[k], axis=1)[:, None]
+                keep(sel, *_hit_discs(origin, d, b[k], u, r[k]))
+                keep(sel, *_hit_discs(origin, d, a[k], -u, r[k]))
+    hit = np.isfinite(t)
+    return pix[hit], t[hit], n[hit], owner[hit]
+
+
+def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]:
+    """Ray-cast `scene` at (height, width) and return the image and all labels (see module doc)."""
+    cam = scene.camera
+    origin = np.array([0.0, cam.height, 0.0])
+    rays = ray_directions(cam, height, width)
+    npix = height * width
+    # Room planes, evaluated densely: floor, back wall, left and right walls.
+    dx, dy, dz = rays[:, 0], rays[:, 1], rays[:, 2]
+    hw = scene.room_half_width if scene.side_walls else np.inf
+    with np.errstate(divide="ignore", invalid="ignore"):
+        planes = np.stack([np.where(dy < 0, -cam.height / dy, np.inf),
+                           np.where(dz > 0, scene.room_depth / dz, np.inf),
+                           np.where(dx < 0, -hw / dx, np.inf),
+                           np.where(dx > 0, hw / dx, np.inf)])
+    planes = np.nan_to_num(planes, nan=np.inf)
+    surface = np.argmin(planes, axis=0)
+    t = planes[surface, np.arange(npix)]
+    normal = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])[surface]
+
+    # Surface table: room surfaces, then one row per primitive.
+    prims = [p for obj in scene.objects for p in obj.primitives]
+    semantic = [FLOOR, WALL, WALL, WALL] + [o.semantic for o in scene.objects for _ in o.primitives]
+    instance = [0, 1, 2, 3] + [len(ROOM_SURFACES) + i for i, o in enumerate(scene.objects)
+                               for _ in o.primitives]
+    materials = [scene.floor, scene.wall, scene.wall, scene.wall] + [p.material for p in prims]
+    part = [0, 0, 0, 0] + [p.part for p in prims]
+    if prims:
+        pix, tp, n_p, owner = _cast_primitives(prims, origin, rays, cam, height, width)
+        owner = owner + len(ROOM_SURFACES)
+        closer = tp < t[pix]
+        pix, tp, n_p, owner = pix[closer], tp[closer], n_p[closer], owner[closer]
+        np.minimum.at(t, pix, tp)
+        win = tp == t[pix]
+        # Exact ties (e.g. shared joints): the lowest surface index wins, deterministically.
+        first = np.full(npix, np.iinfo(np.int64).max)
+        np.minimum.at(first, pix[win], owner[win])
+        win &= owner == first[pix]
+        surface[pix[win]] = owner[win]
+        normal[pix[win]] = n_p[win]
+
+    valid = np.isfinite(t)
+    sem = np.asarray(semantic, dtype=np.uint8)[surface]
+    inst = np.asarray(instance, dtype=np.int32)[surface]
+    parts = np.asarray(part, dtype=np.uint8)[surface]
+    sem[~valid], parts[~valid], inst[~valid] = IGNORE, IGNORE, -1
+    if not (sem == FIGURE).any():
+        parts[:] = IGNORE  # no person visible: parts are ignored for the whole image (PASCAL rule)
+
+    right, up, forward = camera_basis(cam)
+    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+    cam_normal = np.stack([normal @ right, normal @ up, -(normal @ forward)], 1)
+    cam_normal[~valid] = 0.0
+    depth = np.where(valid, t, 0.0)
+    points = origin + np.where(valid, t, 0.0)[:, None] * rays
+    rgb = _shade(scene, points, normal, surface, materials, valid)
+
+    shape2, shape3 = (height, width), (height, width, 3)
+    return {
+        "rgb": rgb.reshape(shape3),
+        "depth": depth.astype(np.float32).reshape(shape2),
+        "normals": cam_normal.astype(np.float32).reshape(shape3),
+        "semseg": sem.reshape(shape2),
+        "instance": inst.reshape(shape2),
+        "human_parts": parts.reshape(shape2),
+        "sal": np.where(valid, np.isin(sem, FOREGROUND_CLASSES), IGNORE).astype(np.uint8).reshape(shape2),
+        "edge": boundaries(inst.reshape(shape2)).astype(np.uint8),
+    }
+
+
+def _shade(scene: SceneParams, points: np.ndarray, normal: np.ndarray, surface: np.ndarray,
+           materials: list[Material], valid: np.ndarray) -> np.ndarray:
+    """Lambertian point light + ambient on patterned albedo, plus Gaussian noise; (N, 3) uint8."""
+    colour = np.array([m.colour for m in materials])[surface]
+    pattern = np.array([m.pattern for m in materials])[surface]
+    scale = np.array([m.scale for m in materials])[surface]
+    contrast = np.array([m.contrast for m in materials])[surface]
+    phase = np.array([m.phase for m in materials])[surface]
+    cells = np.floor((points + phase[:, None] + 0.013) / scale[:, None]).astype(np.int64)
+    stripes = np.concatenate([np.zeros((len(points), 1), np.int64), cells.sum(1, keepdims=True), cells], 1)
+    dark = np.take_along_axis(stripes, pattern[:, None], 1)[:, 0] % 2
+    albedo = colour * (1.0 - contrast * dark)[:, None]
+    to_light = np.asarray(scene.light) - points
+    dist = np.linalg.norm(to_light, axis=1)
+    lambert = np.maximum(_dot(normal, to_light) / np.maximum(dist, 1e-6), 0.0)
+    light = scene.ambient + (1.0 - scene.ambient) * 1.3 * lambert / (1.0 + (dist / 6.0) ** 2)
+    noise = np.random.default_rng(scene.noise_seed).standard_normal((len(points), 3), dtype=np.float32)
+    rgb = 255.0 * albedo * light[:, None] + scene.noise_std * noise
+    rgb[~valid] = 0.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+def boundaries(labels: np.ndarray) -> np.ndarray:
+    """Return a one-pixel-thin boundary map (bool) of a label map.
+
+    A pixel is on a boundary where its right or lower neighbour differs, which puts the line on
+    one side of each change (PASCAL-Context's edges are likewise label changes thinned to 1 px).
+    Where lines meet or a region is one pixel wide that can fill a 2x2 block; dropping each
+    block's lower-right pixel keeps the map thin without creating new blocks.
+    """
+    e = np.zeros(labels.shape, dtype=bool)
+    e[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    e[:-1, :] |= labels[:-1, :] != labels[1:, :]
+    block = e[:-1, :-1] & e[:-1, 1:] & e[1:, :-1] & e[1:, 1:]
+    e[1:, 1:] &= ~block
+    return e

@@ -1,0 +1,91 @@
+"""The training loop: one function that reads top to bottom (detectron2's plain_train_net)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtbench.config.schema import ScheduleConfig, TrainConfig
+from mtbench.engine.batching import to_device
+from mtbench.engine.evaluate import autocast
+from mtbench.errors import MtbenchError
+
+
+class NonFiniteLossError(MtbenchError):
+    """A task's loss became NaN or infinite: the trial stops and its run is marked FAILED."""
+
+
+def lr_at(step: int, base_lr: float, schedule: ScheduleConfig, total_steps: int) -> float:
+    """Learning rate at `step`: linear warm-up, then poly or cosine decay to min_lr_ratio * base."""
+    if step < schedule.warmup_steps:
+        return base_lr * (step + 1) / schedule.warmup_steps
+    progress = (step - schedule.warmup_steps) / max(1, total_steps - schedule.warmup_steps)
+    floor = base_lr * schedule.min_lr_ratio
+    if schedule.name == "poly":
+        return floor + (base_lr - floor) * (1 - progress) ** schedule.power
+    if schedule.name == "cosine":
+        return floor + (base_lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return base_lr
+
+
+def build_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD; weight decay on matrices and kernels only (dim >= 2), never on norms and biases."""
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optimizer.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    opt = cfg.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+    return torch.optim.AdamW(groups, lr=opt.lr)
+
+
+def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module], loader: Any,
+        optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, device: torch.device, start_step: int,
+        evaluate_fn: Callable[[int], None], checkpoint_fn: Callable[[int], None],
+        log_fn: Callable[[dict[str, float], int], None], progress: Any = None) -> None:
+    """Train from `start_step` to `cfg.steps`, evaluating, checkpointing and logging at intervals.
+
+    `loader` yields exactly the batches of steps start_step..steps-1 (StepBatchSampler).
+    """
+    model.train()
+    amp = cfg.amp and device.type == "cuda"
+    task_id = progress.add_task("train", total=cfg.steps, completed=start_step) if progress else None
+    step = start_step
+    for batch in loader:
+        lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = to_device(batch, device)
+        with autocast(device, amp):
+            preds = model(batch["image"])
+        losses = {t: fn(preds[t].float(), batch[t]) for t, fn in task_losses.items()}
+        total = weighting(losses)
+        if not torch.isfinite(total):
+            bad = [t for t, v in losses.items() if not torch.isfinite(v)] or ["(the weighted total)"]
+            raise NonFiniteLossError(
+                f"the loss of task {', '.join(bad)} became {total.item()} at step {step} (lr {lr:.3g}). "
+                "Lower train.optimizer.lr, set train.grad_clip, or check the labels of that task.")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        optimizer.step()
+        step += 1
+        if step % 10 == 0 or step == cfg.steps:
+            # .item() is a device sync point: only every few steps.
+            log_fn({"train/loss_total": total.item(), "train/lr": lr,
+                    **{f"train/loss/{t}": v.item() for t, v in losses.items()}}, step)
+            if task_id is not None:
+                progress.update(task_id, description=f"train loss {total.item():.3f}")
+        if step % cfg.eval_every == 0 and step != cfg.steps:
+            evaluate_fn(step)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoint_fn(step)
+        if task_id is not None:
+            progress.update(task_id, completed=step)
+    if task_id is not None:
+        progress.remove_task(task_id)

@@ -1,0 +1,198 @@
+"""One trial end to end: data, model, training, evaluation, checkpoints and tracking.
+
+`run_trial(cfg)` needs nothing but its TrialConfig, so a launcher can pickle it to another process.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+
+import mtbench
+from mtbench import tracking
+from mtbench.config.schema import TrialConfig
+from mtbench.data import build_dataset
+from mtbench.engine.batching import StepBatchSampler, collate
+from mtbench.engine.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from mtbench.engine.evaluate import evaluate
+from mtbench.engine.trainer import build_optimizer, fit
+from mtbench.engine.visualize import prediction_grids
+from mtbench.errors import MtbenchError
+from mtbench.losses import build_task_loss
+from mtbench.metrics import build_meter
+from mtbench.models import build_model
+from mtbench.profiling import measure_cost
+from mtbench.registry import WEIGHTINGS
+from mtbench.tasks import resolve_tasks
+
+CHECKPOINT = "last.pt"
+RESULT = "result.json"
+
+
+@dataclass
+class TrialResult:
+    key: str
+    run_id: str
+    status: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+
+def trial_dir(cfg: TrialConfig) -> Path:
+    """Folder of a trial's checkpoint and result: <output_dir>/<experiment>/<variant>/seed<k>."""
+    return Path(cfg.output_dir) / cfg.experiment / cfg.variant / f"seed{cfg.seed}"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise MtbenchError(f"train.device: {name!r} is not a device; use auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MtbenchError(f"train.device is {name!r} but no CUDA device is available; use auto or cpu.")
+    return device
+
+
+def seed_everything(seed: int, device: torch.device) -> None:
+    """Seed every generator; on CPU also ask PyTorch for deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+
+
+def git_commit() -> str:
+    """The commit of the mtbench checkout, or 'unknown' outside git."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(mtbench.__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def prepare_output(folder: Path) -> None:
+    """Create the trial folder, or fail with a clear message when it cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise MtbenchError(f"output_dir: cannot write to {str(folder)!r} ({err.strerror}). "
+                           "Choose a writable folder with -o output_dir=PATH.") from None
+
+
+def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -> TrialResult:
+    """Train and test one trial; log it as one MLflow run. With `resume`, continue its last checkpoint."""
+    started = time.time()
+    folder = trial_dir(cfg)
+    if resume and (folder / RESULT).is_file():
+        return TrialResult(**json.loads((folder / RESULT).read_text()))
+    if not resume:
+        clear_trial(cfg)
+    device = resolve_device(cfg.train.device)
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    tracking.check_tracking_uri(uri)
+    prepare_output(folder)
+
+    tasks = resolve_tasks(cfg.dataset.name, cfg.dataset.tasks)
+    datasets = {split: build_dataset(cfg.dataset.name, root=cfg.dataset.root, split=split, tasks=list(tasks),
+                                     **cfg.dataset.options) for split in ("train", "val", "test")}
+    img_size = tuple(datasets["train"][0]["image"].shape[-2:])
+    seed_everything(cfg.seed, device)
+    model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
+                        pretrained=cfg.model.pretrained, img_size=img_size, **cfg.model.options).to(device)
+    weighting = WEIGHTINGS.get(cfg.loss.weighting)(tasks=tasks, weights=cfg.loss.weights).to(device)
+    task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, edge_pos_weight=cfg.loss.edge_pos_weight)
+                   for t in tasks}
+    meters = {t: build_meter(t, dataset=cfg.dataset.name) for t in tasks}
+    optimizer = build_optimizer([model, weighting], cfg.train)
+
+    checkpoint_path = folder / CHECKPOINT
+    state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
+    start_step, run_id = 0, None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        weighting.load_state_dict(state["weighting"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng_torch"])
+        start_step, run_id = int(state["step"]), state["run_id"]
+
+    cost = measure_cost(model, img_size)
+    tags = {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_VARIANT: cfg.variant,
+            tracking.TAG_SEED: str(cfg.seed), tracking.TAG_MODEL: cfg.model.name,
+            tracking.TAG_DATASET: cfg.dataset.name, tracking.TAG_CHECKPOINT: "final",
+            tracking.TAG_METRIC_VARIANTS: json.dumps({t: getattr(m, "variant", "reference")
+                                                      for t, m in meters.items()}),
+            tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
+            "mtbench.dataset_fingerprint": getattr(datasets["train"], "fingerprint", cfg.dataset.name),
+            "mtbench.version": mtbench.__version__}
+    tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
+    resolved = cfg.model_dump()
+    tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(tasks)})
+    tracker.log_dict(resolved, "config.yaml")
+    write_text_atomic(folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+    eval_loaders = {split: DataLoader(datasets[split], batch_size=cfg.train.eval_batch_size, shuffle=False,
+                                      collate_fn=collate, num_workers=cfg.train.num_workers)
+                    for split in ("val", "test")}
+    train_loader = DataLoader(datasets["train"], collate_fn=collate, num_workers=cfg.train.num_workers,
+                              batch_sampler=StepBatchSampler(len(datasets["train"]), cfg.train.batch_size,
+                                                             seed=cfg.seed, steps=cfg.train.steps,
+                                                             start=start_step))
+
+    def run_eval(split: str, step: int) -> dict[str, float]:
+        metrics = evaluate(model, eval_loaders[split], meters, device=device, amp=cfg.train.amp,
+                           progress=progress, description=f"{split} @ {step}")
+        tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items()}, step)
+        return metrics
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(checkpoint_path, {
+            "model": model.state_dict(), "weighting": weighting.state_dict(),
+            "optimizer": optimizer.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
+            "run_id": tracker.run_id, "config": json.dumps(resolved), "mtbench_version": mtbench.__version__,
+            "git_commit": tags[tracking.TAG_GIT_COMMIT]})
+
+    try:
+        fit(model, weighting, task_losses, train_loader, optimizer, cfg.train, device=device,
+            start_step=start_step, evaluate_fn=lambda step: run_eval("val", step), checkpoint_fn=checkpoint,
+            log_fn=tracker.log_metrics, progress=progress)
+        run_eval("val", cfg.train.steps)
+        test_metrics = run_eval("test", cfg.train.steps)
+        for task, figure in prediction_grids(model, eval_loaders["val"], tasks, device=device).items():
+            tracker.log_figure(figure, f"predictions/{task}.png")
+        result = TrialResult(key=cfg.key, run_id=tracker.run_id, status="FINISHED", metrics=test_metrics,
+                             wall_time_s=time.time() - started)
+        tracker.log_metrics({"wall_time_s": result.wall_time_s}, cfg.train.steps)
+        tracker.log_dict({"split": "test", "checkpoint": "final", **test_metrics}, "final_metrics.json")
+        write_text_atomic(folder / RESULT, json.dumps(asdict(result), indent=2))
+        tracker.end("FINISHED")
+    except BaseException as err:
+        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    return result
+
+
+def clear_trial(cfg: TrialConfig) -> None:
+    """Forget a trial's checkpoint and result so that it starts afresh (its MLflow run stays)."""
+    folder = trial_dir(cfg)
+    for name in (CHECKPOINT, RESULT):
+        (folder / name).unlink(missing_ok=True)
+    if folder.is_dir() and not any(folder.iterdir()):
+        shutil.rmtree(folder)

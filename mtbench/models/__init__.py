@@ -1,0 +1,46 @@
+"""Model registry: importing this package registers every model and backbone."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+
+from torch import nn
+
+from mtbench.errors import MtbenchError
+from mtbench.models import backbones, baselines  # noqa: F401  (registers entries)
+from mtbench.models.backbones import build_backbone
+from mtbench.registry import BACKBONES, MODELS
+
+# Arguments build_model fills in itself; the rest are the model's options.
+_FIXED = ("tasks", "dataset", "backbone", "pretrained", "img_size")
+
+
+def model_options(name: str) -> dict[str, object]:
+    """Return the option names of model `name` with their defaults."""
+    params = inspect.signature(MODELS.get(name)).parameters
+    return {k: p.default for k, p in params.items() if k not in _FIXED}
+
+
+def check_model_options(name: str, options: dict[str, object]) -> None:
+    """Raise MtbenchError, with a did-you-mean, for an option that model `name` does not take."""
+    valid = model_options(name)
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, list(valid), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Valid options: {', '.join(valid) or 'none'}."
+            raise MtbenchError(f"unknown option {key!r} for model {name!r}.{hint}")
+
+
+def build_model(name: str, *, tasks: tuple[str, ...], dataset: str, backbone: str,
+                pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+                **options: object) -> nn.Module:
+    """Build registered model `name`; unknown options are a user error with a did-you-mean."""
+    builder = MODELS.get(name)
+    BACKBONES.get(backbone)
+    check_model_options(name, options)
+    return builder(tasks=tasks, dataset=dataset, backbone=backbone, pretrained=pretrained,
+                   img_size=img_size, **options)
+
+
+__all__ = ["build_backbone", "build_model", "check_model_options", "model_options"]

@@ -1,0 +1,120 @@
+"""Backbones from timm (the only module that imports timm), always returning NCHW feature lists.
+
+Each registered backbone yields the maps at strides 4, 8, 16 and 32 (the stride-2 stem of CNNs is
+dropped), with their channel counts read from timm's `feature_info`, never hard-coded.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from mtbench.errors import MtbenchError
+from mtbench.registry import BACKBONES
+
+HUB_HOST = "huggingface.co"
+
+
+class Backbone(nn.Module):
+    """A timm `features_only` model whose outputs are NCHW maps at strides 4..32."""
+
+    def __init__(self, model: nn.Module, *, keep: list[int], channels_last_output: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.keep = keep
+        self.channels_last_output = channels_last_output
+        info = model.feature_info
+        self.channels: list[int] = [info.channels()[i] for i in keep]
+        self.reductions: list[int] = [info.reduction()[i] for i in keep]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        feats = self.model(x)
+        feats = [feats[i] for i in self.keep]
+        if self.channels_last_output:
+            feats = [f.permute(0, 3, 1, 2).contiguous() for f in feats]
+        return feats
+
+
+def create_backbone(timm_name: str, *, pretrained: bool | str, img_size: tuple[int, int] | None = None,
+                    **timm_kwargs: object) -> Backbone:
+    """Build `timm_name` with features_only and wrap it; `pretrained` may be a local checkpoint path.
+
+    True downloads timm's weights (network needed); a path loads that file through timm's own
+    pretrained filters, so the usual classification checkpoint works for the features model.
+    """
+    kwargs: dict[str, object] = dict(features_only=True, **timm_kwargs)
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if isinstance(pretrained, str):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise MtbenchError(f"model.pretrained: checkpoint {str(path)!r} does not exist. "
+                               "Give the path of a timm/PyTorch state_dict file, or `pretrained: false`.")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    else:
+        kwargs["pretrained"] = pretrained
+        if pretrained:
+            _require_hub(timm_name)
+    try:
+        model = timm.create_model(timm_name, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:
+        if pretrained is True:
+            raise MtbenchError(
+                f"could not get pretrained weights for backbone {timm_name!r} ({type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}). mtbench downloads nothing you did not "
+                "ask for; this machine may be offline. Download the timm weights for this model "
+                "elsewhere and set `model.pretrained: <path to the .pth/.safetensors file>`.") from None
+        if isinstance(pretrained, str):
+            raise MtbenchError(f"model.pretrained: could not load {pretrained!r} into {timm_name!r}: "
+                               f"{err}") from None
+        raise
+    info = model.feature_info
+    keep = [i for i, r in enumerate(info.reduction()) if r >= 4]
+    nhwc = str(getattr(model, "output_fmt", "NCHW")).endswith("NHWC")
+    return Backbone(model, keep=keep, channels_last_output=nhwc)
+
+
+def _require_hub(timm_name: str, timeout: float = 3.0) -> None:
+    """Fail in seconds, not minutes of retries, when timm's weight hub cannot be reached."""
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+    except OSError as err:
+        raise MtbenchError(
+            f"pretrained: true needs timm's weights for {timm_name!r} from {HUB_HOST}, which cannot be "
+            f"reached ({err}). mtbench downloads nothing you did not ask for. Download the weights "
+            "elsewhere (timm.create_model(..., pretrained=True) caches them) and set "
+            "`model.pretrained: <path to the .pth/.safetensors file>`.") from None
+
+
+def _register(name: str, timm_name: str, *, fixed_size: bool = False, **timm_kwargs: object) -> None:
+    def build(*, pretrained: bool | str = False, img_size: tuple[int, int] | None = None) -> Backbone:
+        return create_backbone(timm_name, pretrained=pretrained,
+                               img_size=img_size if fixed_size else None, **timm_kwargs)
+
+    build.__doc__ = f"timm `{timm_name}` {timm_kwargs or ''} as an NCHW stride-4..32 feature list."
+    build.timm_name = timm_name  # type: ignore[attr-defined]
+    BACKBONES.register(name)(build)
+
+
+# A 0.37M-parameter ResNet from timm's test models: the backbone for tests and --smoke runs.
+_register("tiny", "test_resnet")
+_register("resnet18", "resnet18")
+_register("resnet50", "resnet50")
+# Swin needs the input size at build time (PROTOCOLS.md) and returns NHWC maps.
+_register("swin_tiny", "swin_tiny_patch4_window7_224", fixed_size=True)
+_register("swin_small", "swin_small_patch4_window7_224", fixed_size=True)
+_register("swin_base", "swin_base_patch4_window7_224", fixed_size=True)
+# HRNet branch features (18/36/72/144 for W18) need feature_location='' (PROTOCOLS.md).
+_register("hrnet_w18_small", "hrnet_w18_small_v2", feature_location="")
+_register("hrnet_w18", "hrnet_w18", feature_location="")
+_register("hrnet_w48", "hrnet_w48", feature_location="")
+
+
+def build_backbone(name: str, *, pretrained: bool | str = False,
+                   img_size: tuple[int, int] | None = None) -> Backbone:
+    """Build the registered backbone `name` (see `mtbench list`)."""
+    return BACKBONES.get(name)(pretrained=pretrained, img_size=img_size)

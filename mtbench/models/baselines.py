@@ -1,0 +1,59 @@
+"""The baselines every multi-task model is compared with: single-task and shared-encoder networks."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mtbench.models.backbones import Backbone, build_backbone
+from mtbench.models.blocks import TaskHead, fuse_scales
+from mtbench.registry import MODELS
+from mtbench.tasks import get_task
+
+
+class SharedEncoder(nn.Module):
+    """One backbone shared by all tasks; one light head per task on the fused multi-scale features."""
+
+    def __init__(self, backbone: Backbone, *, tasks: tuple[str, ...], dataset: str, head_channels: int = 64):
+        super().__init__()
+        self.tasks = tasks
+        self.backbone = backbone
+        self.heads = nn.ModuleDict({
+            t: TaskHead(sum(backbone.channels), get_task(t).num_outputs(dataset), head_channels) for t in tasks})
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        fused = fuse_scales(self.backbone(image))
+        return {t: head(fused, image.shape[-2:]) for t, head in self.heads.items()}
+
+
+class SingleTask(nn.Module):
+    """One independent network (backbone + head) per task: the Δm reference."""
+
+    def __init__(self, networks: dict[str, SharedEncoder]) -> None:
+        super().__init__()
+        self.tasks = tuple(networks)
+        self.networks = nn.ModuleDict(networks)
+
+    def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for net in self.networks.values():
+            out.update(net(image))
+        return out
+
+
+@MODELS.register("shared_encoder")
+def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
+                   pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+                   head_channels: int = 64) -> SharedEncoder:
+    """Shared-encoder multi-task baseline: hard parameter sharing, one head per task."""
+    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size)
+    return SharedEncoder(encoder, tasks=tasks, dataset=dataset, head_channels=head_channels)
+
+
+@MODELS.register("single_task")
+def single_task(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
+                pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+                head_channels: int = 64) -> SingleTask:
+    """Single-task baselines: for each task its own backbone and head, trained in one trial."""
+    return SingleTask({t: shared_encoder(tasks=(t,), dataset=dataset, backbone=backbone, pretrained=pretrained,
+                                         img_size=img_size, head_channels=head_channels) for t in tasks})

@@ -1,0 +1,384 @@
+"""MLflow tracking: the only module of mtbench that imports mlflow (DESIGN.md, "Integrations").
+
+Every trial is one MLflow run, written through `MlflowClient` (never the fluent global state, so
+several trials can share a process). The naming contract between the engine, this module and
+`mtbench.report`:
+
+- tags on every run: the `TAG_*` constants below (`mtbench.variant`, `mtbench.seed`, ...);
+- metrics `<split>/<task>/<metric>`, e.g. `val/semseg/mIoU` logged per evaluation step and
+  `test/depth/rmse` logged once at the end; `load_runs` returns the `test/` ones with the prefix
+  stripped (`depth/rmse`), which is what tables and Δm use;
+- params are the flattened resolved config (`flatten_config`), dotted keys.
+
+mlflow is imported inside functions: importing it takes about a second, which `mtbench --help`
+should not pay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from mtbench.errors import MtbenchError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+# Tags the engine sets on every run.
+TAG_EXPERIMENT = "mtbench.experiment"  # experiment file name (also the MLflow experiment name)
+TAG_VARIANT = "mtbench.variant"  # row label in tables: one grid point / ablation arm, e.g. "single_task"
+TAG_SEED = "mtbench.seed"  # integer seed, as a string
+TAG_MODEL = "mtbench.model"  # registered model name, e.g. "demt"
+TAG_DATASET = "mtbench.dataset"  # dataset name, e.g. "nyud"
+TAG_CHECKPOINT = "mtbench.checkpoint"  # which weights the test metrics come from: "final" or "best_val"
+TAG_METRIC_VARIANTS = "mtbench.metric_variants"  # JSON {task: meter variant name}
+TAG_GIT_COMMIT = "mtbench.git_commit"
+TAG_DEVICE = "mtbench.device"
+TEST_PREFIX = "test/"
+
+DEFAULT_DB = "mlruns.db"
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+RUN_COLUMNS = ("run_id", "run_name", "experiment", "status", "start_time", "variant", "seed", "model",
+               "dataset", "checkpoint")  # load_runs' fixed columns; metric columns follow
+HTTP_TIMEOUT_S = 3.0
+_DB_SCHEMES = ("postgresql", "mysql", "mssql")  # accepted as given: checking needs their drivers
+_BATCH = 100  # MLflow's limit of params/tags per log_batch call
+_PARAM_LIMIT_FALLBACK = 500  # MAX_PARAM_VAL_LENGTH of older MLflow releases
+_TAG_LIMIT_FALLBACK = 5000
+_TRUNCATED = "...[truncated]"
+
+# MLflow logs "Creating initial MLflow database tables..." through alembic on every new sqlite store.
+for _name in ("alembic", "mlflow.store.db.utils"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """Return the database file of a `sqlite:///` URI, or None for an in-memory database."""
+    rest = uri[len("sqlite://"):]
+    path = rest[1:] if rest.startswith("/") else rest
+    path = path.split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _file_path(uri: str) -> Path:
+    return Path(urlparse(uri).path) if uri.startswith("file:") else Path(uri)
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    """Return the tracking URI to use: `configured`, else $MLFLOW_TRACKING_URI, else ./mlruns.db.
+
+    Relative sqlite and file paths are made absolute against the current directory, so a later
+    `chdir` (or a SLURM job starting elsewhere) still writes to the same store.
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{DEFAULT_DB}"
+    if uri.startswith("sqlite:"):
+        path = _sqlite_path(uri)
+        if path is not None and not path.is_absolute():
+            query = uri.split("?", 1)[1] if "?" in uri else ""
+            uri = "sqlite:///" + Path.cwd().joinpath(path).as_posix() + (f"?{query}" if query else "")
+    elif "://" not in uri and not uri.startswith("file:"):
+        uri = Path(uri).expanduser().absolute().as_uri()  # a bare path is a file store
+    return uri
+
+
+def _check_writable_dir(folder: Path, what: str, uri: str) -> None:
+    if not folder.is_dir():
+        raise MtbenchError(f"cannot use tracking store {uri!r}: folder {str(folder)!r} for {what} does not "
+                           f"exist. Create it (mkdir -p) or set `tracking.uri` / $MLFLOW_TRACKING_URI.")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MtbenchError(f"cannot use tracking store {uri!r}: folder {str(folder)!r} for {what} is not "
+                           f"writable. Fix its permissions or choose another `tracking.uri`.")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Raise MtbenchError unless the tracking store at `uri` can be used, within a few seconds.
+
+    MLflow's own client retries an unreachable server for minutes, so a server is probed here
+    with one short HTTP request. postgresql/mysql/mssql URIs are accepted unchecked.
+    """
+    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme == "sqlite":
+        path = _sqlite_path(uri)
+        if path is None:
+            return
+        _check_writable_dir(path.parent, "the sqlite database", uri)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise MtbenchError(f"cannot use tracking store {uri!r}: {str(path)!r} is not writable. "
+                               "Fix its permissions or choose another `tracking.uri`.")
+    elif scheme == "file":
+        path = _file_path(uri)
+        existing = next(p for p in (path, *path.parents) if p.exists())  # MLflow creates the rest
+        _check_writable_dir(existing, "the file store", uri)
+    elif scheme in ("http", "https"):
+        probe = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(probe, timeout=HTTP_TIMEOUT_S):  # noqa: S310 (scheme checked)
+                pass
+        except urllib.error.HTTPError:
+            pass  # the server answered; MLflow itself will report auth or path problems
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise MtbenchError(
+                f"MLflow server {uri!r} did not answer within {HTTP_TIMEOUT_S:.0f} s ({reason}). Start it "
+                "(`mtbench ui` or `mlflow server`), check the address, or set `tracking.uri` to a local "
+                f"store such as sqlite:///{DEFAULT_DB}.") from None
+    elif scheme not in _DB_SCHEMES:
+        raise MtbenchError(
+            f"unsupported tracking URI {uri!r}: use sqlite:///path/to/{DEFAULT_DB}, file:///path/to/mlruns, "
+            "http(s)://host:port of an MLflow server, or a postgresql/mysql/mssql database URI.")
+
+
+def _client(uri: str) -> MlflowClient:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _require_existing_store(uri: str) -> None:
+    """Refuse to read a sqlite store that does not exist (MLflow would create an empty one)."""
+    if uri.startswith("sqlite:"):
+        path = _sqlite_path(uri)
+        if path is not None and not path.exists():
+            raise MtbenchError(f"no runs yet at {uri!r} ({str(path)!r} does not exist); run "
+                               "`mtbench run <experiment.yaml>` first, or point the tracking URI at your "
+                               "store.")
+    check_tracking_uri(uri)
+
+
+def _artifact_location(uri: str, experiment: str) -> str | None:
+    """Keep a sqlite store's artifacts beside its database, not in the current directory.
+
+    (MLflow's default for a sqlite store is ./mlruns of whatever directory the process runs in.)
+    """
+    if not uri.startswith("sqlite:"):
+        return None
+    path = _sqlite_path(uri)
+    if path is None:
+        return None
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
+    return (path.parent / "mlartifacts" / slug).as_uri()
+
+
+def _limit(name: str, fallback: int) -> int:
+    from mlflow.utils import validation
+
+    return int(getattr(validation, name, fallback))
+
+
+def _clip(value: object, limit: int) -> str:
+    """Stringify `value` and cut it to MLflow's length limit, marking the cut."""
+    if isinstance(value, list | tuple | dict):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= limit else text[: limit - len(_TRUNCATED)] + _TRUNCATED
+
+
+def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Tracker:
+    """One MLflow run of one trial. Use `Tracker.start`, then `end(status)` (or a `with` block)."""
+
+    def __init__(self, client: MlflowClient, run_id: str) -> None:
+        self._client = client
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, object],
+              run_id: str | None = None) -> Tracker:
+        """Start a run in `experiment` (created if missing), or reopen `run_id` to resume it."""
+        from mlflow.exceptions import MlflowException
+
+        check_tracking_uri(uri)
+        client = _client(uri)
+        str_tags = {k: _clip(v, _limit("MAX_TAG_VAL_LENGTH", _TAG_LIMIT_FALLBACK)) for k, v in tags.items()}
+        if run_id is not None:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException as exc:
+                raise MtbenchError(f"cannot resume MLflow run {run_id!r} at {uri!r}: {exc.message} "
+                                   "Check the run id, or start the trial without resuming.") from None
+            if run.info.lifecycle_stage != "active":
+                raise MtbenchError(f"cannot resume MLflow run {run_id!r}: it was deleted. Restore it "
+                                   "(`mlflow runs restore`) or start a fresh run.")
+            client.update_run(run_id, status="RUNNING")
+            tracker = cls(client, run_id)
+            tracker.set_tags(str_tags)
+            return tracker
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            location = _artifact_location(uri, experiment)
+            exp_id = client.create_experiment(experiment, artifact_location=location)
+        elif found.lifecycle_stage != "active":
+            raise MtbenchError(f"MLflow experiment {experiment!r} at {uri!r} is deleted. Restore it "
+                               "(`mlflow experiments restore`) or use another experiment name.")
+        else:
+            exp_id = found.experiment_id
+        run = client.create_run(exp_id, run_name=run_name, tags=str_tags)
+        return cls(client, run.info.run_id)
+
+    def log_params(self, flat: Mapping[str, object]) -> None:
+        """Log params (values stringified and truncated); skip those already logged with that value.
+
+        A param already logged with a different value (a resumed run whose config changed) is a
+        user error: MLflow forbids changing params, and the run would no longer match its numbers.
+        """
+        from mlflow.entities import Param
+
+        limit = _limit("MAX_PARAM_VAL_LENGTH", _PARAM_LIMIT_FALLBACK)
+        logged = self._client.get_run(self.run_id).data.params
+        new = {k: _clip(v, limit) for k, v in flat.items()}
+        changed = {k: (logged[k], v) for k, v in new.items() if k in logged and logged[k] != v}
+        if changed:
+            diff = "; ".join(f"{k}: {old!r} -> {v!r}" for k, (old, v) in sorted(changed.items())[:5])
+            raise MtbenchError(f"MLflow run {self.run_id} already has different values for {len(changed)} "
+                               f"param(s) ({diff}). Resume with the run's original config, or start a "
+                               "new run.")
+        params = [Param(k, v) for k, v in new.items() if k not in logged]
+        for chunk in _chunks(params, _BATCH):
+            self._client.log_batch(self.run_id, params=chunk)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Log `{name: value}` at `step`; names like `val/semseg/mIoU` are fine for MLflow."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        rows = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        for chunk in _chunks(rows, 1000):  # MLflow's metrics-per-batch limit
+            self._client.log_batch(self.run_id, metrics=chunk)
+
+    def set_tags(self, tags: Mapping[str, object]) -> None:
+        """Set tags (values stringified and truncated to MLflow's limit)."""
+        from mlflow.entities import RunTag
+
+        limit = _limit("MAX_TAG_VAL_LENGTH", _TAG_LIMIT_FALLBACK)
+        rows = [RunTag(k, _clip(v, limit)) for k, v in tags.items()]
+        for chunk in _chunks(rows, _BATCH):
+            self._client.log_batch(self.run_id, tags=chunk)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Copy a local file or folder into the run's artifacts (under `artifact_path`)."""
+        self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
+        """Save `d` as JSON or YAML, chosen by the suffix of `artifact_file`."""
+        self._client.log_dict(self.run_id, dict(d), artifact_file)
+
+    def log_figure(self, fig: Any, artifact_file: str) -> None:
+        """Save a matplotlib figure as an artifact (format from the suffix, e.g. `.png`)."""
+        self._client.log_figure(self.run_id, fig, artifact_file)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Mark the run FINISHED, FAILED or KILLED."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        self._client.set_terminated(self.run_id, status=status)
+
+    def __enter__(self) -> Tracker:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is None:
+            self.end("FINISHED")
+        else:
+            self.end("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+
+
+def flatten_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, object]:
+    """Flatten nested dicts to dotted keys; lists become JSON text, empty dicts `{}`.
+
+    >>> flatten_config({"model": {"name": "demt", "tasks": ["semseg", "depth"]}, "seed": 0})
+    {'model.name': 'demt', 'model.tasks': '["semseg", "depth"]', 'seed': 0}
+    """
+    flat: dict[str, object] = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten_config(value, prefix=f"{name}."))
+        elif isinstance(value, Mapping):
+            flat[name] = "{}"
+        elif isinstance(value, list | tuple):
+            flat[name] = json.dumps(list(value), default=str)
+        else:
+            flat[name] = value
+    return flat
+
+
+def list_experiments(uri: str) -> list[str]:
+    """Return the names of the active experiments at `uri`, sorted."""
+    _require_existing_store(uri)
+    return sorted(e.name for e in _client(uri).search_experiments())
+
+
+def load_runs(uri: str, experiment: str | None = None) -> pd.DataFrame:
+    """Return one row per run of `experiment` (all experiments when None) with its final test metrics.
+
+    Columns: run_id, run_name, experiment, status, start_time (UTC), variant, seed (Int64), model,
+    dataset, checkpoint, then one column per `test/` metric with the prefix stripped
+    (`semseg/mIoU`, `depth/rmse`, ...); NaN where a run did not log it.
+    """
+    import pandas as pd
+
+    _require_existing_store(uri)
+    client = _client(uri)
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if experiment is not None:
+        ids = [i for i, name in experiments.items() if name == experiment]
+        if not ids:
+            names = ", ".join(sorted(experiments.values())) or "none"
+            raise MtbenchError(f"no MLflow experiment named {experiment!r} at {uri!r}; existing experiments: "
+                               f"{names}.")
+        experiments = {ids[0]: experiment}
+    rows: list[dict[str, object]] = []
+    token = None
+    while experiments:
+        page = client.search_runs(list(experiments), max_results=1000, page_token=token)
+        for run in page:
+            tags = run.data.tags
+            row: dict[str, object] = {
+                "run_id": run.info.run_id, "run_name": run.info.run_name,
+                "experiment": experiments[run.info.experiment_id], "status": run.info.status,
+                "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+                "variant": tags.get(TAG_VARIANT), "seed": tags.get(TAG_SEED), "model": tags.get(TAG_MODEL),
+                "dataset": tags.get(TAG_DATASET), "checkpoint": tags.get(TAG_CHECKPOINT)}
+            metrics = run.data.metrics.items()
+            row.update({k[len(TEST_PREFIX):]: v for k, v in metrics if k.startswith(TEST_PREFIX)})
+            rows.append(row)
+        token = page.token
+        if not token:
+            break
+    metric_names = sorted({k for r in rows for k in r} - set(RUN_COLUMNS))
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *metric_names])
+    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    return frame
+
+
+def launch_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Serve the MLflow UI for `uri` until interrupted; return the server's exit code."""
+    if uri.startswith(("http:", "https:")):
+        raise MtbenchError(f"{uri!r} is already an MLflow server; open it in a browser instead.")
+    _require_existing_store(uri)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
+           "--port", str(port)]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:  # Ctrl-C is how a user stops the UI
+        return 0
