@@ -7,6 +7,7 @@ DeMT, InvPT and MTI-Net print; the input size is always reported with the number
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +45,9 @@ def measure_cost(model: nn.Module, input_size: tuple[int, int]) -> ModelCost:
         analysis = FlopCountAnalysis(model, image)
         analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
         logging.getLogger("fvcore").setLevel(logging.ERROR)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # fvcore traces with torch.jit, which PyTorch >= 2.9 marks deprecated.
+            warnings.simplefilter("ignore", FutureWarning)
             total = analysis.total()
         unsupported = dict(analysis.unsupported_ops())
     finally:

@@ -424,32 +424,32 @@ def _pixel_pairs(rects: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]
     return owner, (rects[owner, 0] + local // w) * width + rects[owner, 2] + local % w
 
 
+_SHAPES = ("sphere", "capsule", "cylinder", "box")
+
+
 def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarray, camera: Camera,
                      height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Intersect every (primitive, pixel-in-its-rectangle) pair; return pix, t, normal, primitive."""
-    a = np.array([p.a for p in prims], dtype=np.float64).reshape(-1, 3)
-    b = np.array([p.b for p in prims], dtype=np.float64).reshape(-1, 3)
-    r = np.array([p.radius for p in prims], dtype=np.float64)
-    half = np.array([p.half for p in prims], dtype=np.float64).reshape(-1, 3)
-    yaw = np.array([p.yaw for p in prims], dtype=np.float64)
-    shape = np.array([p.shape for p in prims])
-    is_box, is_sphere = shape == "box", shape == "sphere"
+    geom = np.array([(*p.a, *p.b, *p.half, p.radius, p.yaw, _SHAPES.index(p.shape)) for p in prims])
+    a, b, half, r, yaw, shape = geom[:, 0:3], geom[:, 3:6], geom[:, 6:9], geom[:, 9], geom[:, 10], geom[:, 11]
+    is_box, is_sphere = shape == 3, shape == 0
     centre = np.where((is_box | is_sphere)[:, None], a, (a + b) / 2)
     bound = np.where(is_box, np.linalg.norm(half, axis=1),
                      np.where(is_sphere, r, np.linalg.norm(b - a, axis=1) / 2 + r))
     owner, pix = _pixel_pairs(_screen_rects(centre, bound, origin, camera, height, width), width)
     t = np.full(len(pix), np.inf)
     n = np.zeros((len(pix), 3))
+    pair_shape = shape[owner]
 
     def keep(sel: np.ndarray, tt: np.ndarray, nn: np.ndarray) -> None:
         better = tt < t[sel]
-        idx = np.flatnonzero(sel)[better]
+        idx = sel[better]
         t[idx] = tt[better]
-        n[idx] = nn[better] if nn.ndim == 2 and len(nn) == len(tt) else nn[better]
+        n[idx] = nn[better]
 
-    for kind in ("sphere", "capsule", "cylinder", "box"):
-        sel = shape[owner] == kind
-        if not sel.any():
+    for code, kind in enumerate(_SHAPES):
+        sel = np.flatnonzero(pair_shape == code)
+        if not len(sel):
             continue
         k, d = owner[sel], rays[pix[sel]]
         if kind == "box":
@@ -465,8 +465,18 @@ def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarra
                 u = (b[k] - a[k]) / np.linalg.norm(b[k] - a[k], axis=1)[:, None]
                 keep(sel, *_hit_discs(origin, d, b[k], u, r[k]))
                 keep(sel, *_hit_discs(origin, d, a[k], -u, r[k]))
-    hit = np.isfinite(t)
-    return pix[hit], t[hit], n[hit], owner[hit]
+    hit = np.flatnonzero(np.isfinite(t))
+    n = n[hit]
+    n /= np.sqrt(_dot(n, n))[:, None]  # analytic normals are unit up to rounding; make them exact
+    return pix[hit], t[hit], n, owner[hit]
+
+
+_SALIENCY = np.zeros(256, dtype=np.uint8)  # semseg value -> sal value
+_SALIENCY[list(FOREGROUND_CLASSES)] = 1
+_SALIENCY[IGNORE] = IGNORE
+_PLANE_NORMALS = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+# Which world axes each pattern sums before taking the parity: PLAIN, CHECKER, STRIPES_X/Y/Z.
+_PATTERN_AXES = np.array([[0, 0, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
 
 
 def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]:
@@ -478,23 +488,21 @@ def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]
     # Room planes, evaluated densely: floor, back wall, left and right walls.
     dx, dy, dz = rays[:, 0], rays[:, 1], rays[:, 2]
     hw = scene.room_half_width if scene.side_walls else np.inf
-    with np.errstate(divide="ignore", invalid="ignore"):
-        planes = np.stack([np.where(dy < 0, -cam.height / dy, np.inf),
-                           np.where(dz > 0, scene.room_depth / dz, np.inf),
-                           np.where(dx < 0, -hw / dx, np.inf),
-                           np.where(dx > 0, hw / dx, np.inf)])
-    planes = np.nan_to_num(planes, nan=np.inf)
+    planes = np.full((4, npix), np.inf)
+    np.divide(-cam.height, dy, out=planes[0], where=dy < 0)
+    np.divide(scene.room_depth, dz, out=planes[1], where=dz > 0)
+    np.divide(-hw, dx, out=planes[2], where=dx < 0)
+    np.divide(hw, dx, out=planes[3], where=dx > 0)
     surface = np.argmin(planes, axis=0)
-    t = planes[surface, np.arange(npix)]
-    normal = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])[surface]
+    t = np.take_along_axis(planes, surface[None], 0)[0]
+    normal = _PLANE_NORMALS[surface]
 
-    # Surface table: room surfaces, then one row per primitive.
+    # Surface table: the four room surfaces, then one row per primitive.
     prims = [p for obj in scene.objects for p in obj.primitives]
-    semantic = [FLOOR, WALL, WALL, WALL] + [o.semantic for o in scene.objects for _ in o.primitives]
-    instance = [0, 1, 2, 3] + [len(ROOM_SURFACES) + i for i, o in enumerate(scene.objects)
-                               for _ in o.primitives]
-    materials = [scene.floor, scene.wall, scene.wall, scene.wall] + [p.material for p in prims]
-    part = [0, 0, 0, 0] + [p.part for p in prims]
+    rows = [(FLOOR, 0, 0, scene.floor), (WALL, 1, 0, scene.wall), (WALL, 2, 0, scene.wall),
+            (WALL, 3, 0, scene.wall)]
+    rows += [(o.semantic, len(ROOM_SURFACES) + i, p.part, p.material)
+             for i, o in enumerate(scene.objects) for p in o.primitives]
     if prims:
         pix, tp, n_p, owner = _cast_primitives(prims, origin, rays, cam, height, width)
         owner = owner + len(ROOM_SURFACES)
@@ -510,52 +518,50 @@ def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]
         normal[pix[win]] = n_p[win]
 
     valid = np.isfinite(t)
-    sem = np.asarray(semantic, dtype=np.uint8)[surface]
-    inst = np.asarray(instance, dtype=np.int32)[surface]
-    parts = np.asarray(part, dtype=np.uint8)[surface]
+    labels = np.array([row[:3] for row in rows], dtype=np.int32)[surface]
+    sem, inst, parts = labels[:, 0].astype(np.uint8), labels[:, 1], labels[:, 2].astype(np.uint8)
     sem[~valid], parts[~valid], inst[~valid] = IGNORE, IGNORE, -1
     if not (sem == FIGURE).any():
         parts[:] = IGNORE  # no person visible: parts are ignored for the whole image (PASCAL rule)
+    sal = _SALIENCY[sem]
 
     right, up, forward = camera_basis(cam)
-    normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
-    cam_normal = np.stack([normal @ right, normal @ up, -(normal @ forward)], 1)
+    cam_normal = normal @ np.stack([right, up, -forward], 1)
     cam_normal[~valid] = 0.0
     depth = np.where(valid, t, 0.0)
-    points = origin + np.where(valid, t, 0.0)[:, None] * rays
-    rgb = _shade(scene, points, normal, surface, materials, valid)
+    points = origin + depth[:, None] * rays
+    rgb = _shade(scene, points, normal, surface, [row[3] for row in rows], valid)
 
     shape2, shape3 = (height, width), (height, width, 3)
+    inst = inst.reshape(shape2)
     return {
         "rgb": rgb.reshape(shape3),
         "depth": depth.astype(np.float32).reshape(shape2),
         "normals": cam_normal.astype(np.float32).reshape(shape3),
         "semseg": sem.reshape(shape2),
-        "instance": inst.reshape(shape2),
+        "instance": inst,
         "human_parts": parts.reshape(shape2),
-        "sal": np.where(valid, np.isin(sem, FOREGROUND_CLASSES), IGNORE).astype(np.uint8).reshape(shape2),
-        "edge": boundaries(inst.reshape(shape2)).astype(np.uint8),
+        "sal": sal.reshape(shape2),
+        "edge": boundaries(inst).astype(np.uint8),
     }
 
 
 def _shade(scene: SceneParams, points: np.ndarray, normal: np.ndarray, surface: np.ndarray,
            materials: list[Material], valid: np.ndarray) -> np.ndarray:
     """Lambertian point light + ambient on patterned albedo, plus Gaussian noise; (N, 3) uint8."""
-    colour = np.array([m.colour for m in materials])[surface]
-    pattern = np.array([m.pattern for m in materials])[surface]
-    scale = np.array([m.scale for m in materials])[surface]
-    contrast = np.array([m.contrast for m in materials])[surface]
-    phase = np.array([m.phase for m in materials])[surface]
-    cells = np.floor((points + phase[:, None] + 0.013) / scale[:, None]).astype(np.int64)
-    stripes = np.concatenate([np.zeros((len(points), 1), np.int64), cells.sum(1, keepdims=True), cells], 1)
-    dark = np.take_along_axis(stripes, pattern[:, None], 1)[:, 0] % 2
-    albedo = colour * (1.0 - contrast * dark)[:, None]
-    to_light = np.asarray(scene.light) - points
-    dist = np.linalg.norm(to_light, axis=1)
-    lambert = np.maximum(_dot(normal, to_light) / np.maximum(dist, 1e-6), 0.0)
-    light = scene.ambient + (1.0 - scene.ambient) * 1.3 * lambert / (1.0 + (dist / 6.0) ** 2)
+    table = np.array([(*m.colour, m.scale, m.contrast, m.phase) for m in materials], dtype=np.float32)
+    axes = _PATTERN_AXES[[m.pattern for m in materials]][surface]
+    px = table[surface]
+    p32 = points.astype(np.float32)
+    cells = np.floor((p32 + (px[:, 5:6] + 0.013)) / px[:, 3:4])
+    dark = np.einsum("ij,ij->i", cells, axes) % 2  # parity of the summed cell indices
+    to_light = np.asarray(scene.light, dtype=np.float32) - p32
+    dist2 = np.einsum("ij,ij->i", to_light, to_light)
+    lambert = np.maximum(np.einsum("ij,ij->i", normal.astype(np.float32), to_light), 0.0) / np.sqrt(dist2)
+    light = scene.ambient + (1.0 - scene.ambient) * 1.3 * lambert / (1.0 + dist2 / 36.0)
+    shade = (255.0 * light * (1.0 - px[:, 4] * dark))[:, None]
     noise = np.random.default_rng(scene.noise_seed).standard_normal((len(points), 3), dtype=np.float32)
-    rgb = 255.0 * albedo * light[:, None] + scene.noise_std * noise
+    rgb = px[:, :3] * shade + scene.noise_std * noise
     rgb[~valid] = 0.0
     return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
 

@@ -1,0 +1,56 @@
+"""Engine helpers: the schedule, deterministic batches, atomic checkpoints, optimizer groups."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mtbench.config.schema import ScheduleConfig, TrainConfig
+from mtbench.engine.batching import StepBatchSampler
+from mtbench.engine.checkpoint import load_checkpoint, save_checkpoint
+from mtbench.engine.trainer import build_optimizer, lr_at
+from mtbench.errors import MtbenchError
+
+
+def test_lr_warmup_then_poly():
+    s = ScheduleConfig(name="poly", warmup_steps=4, power=0.9)
+    assert lr_at(0, 1.0, s, 104) == pytest.approx(0.25)  # (0 + 1) / 4
+    assert lr_at(3, 1.0, s, 104) == pytest.approx(1.0)
+    assert lr_at(4, 1.0, s, 104) == pytest.approx(1.0)  # progress 0
+    assert lr_at(54, 1.0, s, 104) == pytest.approx(0.5 ** 0.9)  # progress 50/100
+
+
+def test_lr_cosine_with_floor():
+    s = ScheduleConfig(name="cosine", warmup_steps=0, min_lr_ratio=0.1)
+    assert lr_at(0, 2.0, s, 100) == pytest.approx(2.0)
+    assert lr_at(50, 2.0, s, 100) == pytest.approx(0.2 + 1.8 * 0.5 * (1 + math.cos(math.pi / 2)))
+    assert lr_at(100, 2.0, s, 100) == pytest.approx(0.2)
+
+
+def test_batches_depend_only_on_seed_and_step():
+    full = list(StepBatchSampler(10, 3, seed=7, steps=8))
+    resumed = list(StepBatchSampler(10, 3, seed=7, steps=8, start=5))
+    assert resumed == full[5:]
+    assert all(len(b) == 3 for b in full)
+    assert sorted(i for b in full[:3] for i in b) == sorted(set(i for b in full[:3] for i in b))  # no repeat in epoch
+    assert list(StepBatchSampler(10, 3, seed=8, steps=8)) != full
+
+
+def test_checkpoint_is_atomic_and_weights_only(tmp_path):
+    path = tmp_path / "ckpt" / "last.pt"
+    save_checkpoint(path, {"step": 3, "w": torch.ones(2)})
+    assert load_checkpoint(path)["step"] == 3
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]  # no temp file left
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(MtbenchError, match="cannot be read"):
+        load_checkpoint(path)
+
+
+def test_weight_decay_only_on_kernels():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = build_optimizer([model], TrainConfig(optimizer={"name": "adamw", "weight_decay": 0.05}))
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.05 and len(decayed["params"]) == 1
+    assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3

@@ -1,0 +1,139 @@
+"""The real `mtbench` CLI end to end on the synthetic dataset: smoke runs, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXPERIMENTS, run_cli
+
+pytestmark = pytest.mark.slow
+
+TINY = """
+name: tiny
+dataset: {name: synthetic_nyud, options: {height: 32, width: 40, num_train: 32, num_val: 8, num_test: 8}}
+model: {name: shared_encoder, backbone: tiny}
+train: {steps: STEPS, batch_size: 4, eval_batch_size: 8, eval_every: 20, checkpoint_every: 5,
+        optimizer: {lr: 0.002}, schedule: {warmup_steps: 2}}
+seeds: [0]
+"""
+
+
+def tiny_experiment(folder: Path, steps: int = 12) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tiny.yaml"
+    path.write_text(TINY.replace("STEPS", str(steps)))
+    return path
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_smoke_run_of_every_experiment_file(experiment, tmp_path):
+    result = run_cli("run", str(experiment), "--smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FINISHED" in result.stdout
+    assert (tmp_path / "mlruns.db").is_file()
+    assert list((tmp_path / "runs").rglob("result.json"))
+
+
+def test_run_logs_to_mlflow_and_report_writes_tables(tmp_path):
+    from mtbench import tracking
+
+    exp = tiny_experiment(tmp_path)
+    result = run_cli("run", str(exp), "-o", "seeds=[0, 1]", "-o",
+                     "variants=[{name: single_task, overrides: {model.name: single_task}}, {name: shared_encoder}]",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "tiny")
+    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
+    assert {"semseg/mIoU", "depth/rmse", "normals/mean"} <= set(runs.columns)
+    report = run_cli("report", "--experiment", "tiny", "--out", "reports", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    for name in ("results.tex", "results.md", "results.csv"):
+        assert (tmp_path / "reports" / "tiny" / name).is_file()
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
+    steps = 150
+    straight = tmp_path / "straight"
+    assert run_cli("run", str(tiny_experiment(straight, steps)), cwd=straight).returncode == 0
+    expected = json.loads(next((straight / "runs").rglob("result.json")).read_text())["metrics"]
+
+    killed = tmp_path / "killed"
+    exp = tiny_experiment(killed, steps)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{killed}/mlruns.db"}
+    exe = Path(sys.executable).with_name("mtbench")
+    proc = subprocess.Popen([str(exe), "run", str(exp)], cwd=killed, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    checkpoint = killed / "runs" / "tiny" / "shared_encoder" / "seed0" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert checkpoint.exists() and not (checkpoint.parent / "result.json").exists(), "not killed mid-run"
+
+    resumed = run_cli("run", str(exp), "--resume", cwd=killed)
+    assert resumed.returncode == 0, resumed.stderr
+    got = json.loads((checkpoint.parent / "result.json").read_text())["metrics"]
+    assert got == expected
+
+
+def test_non_finite_loss_fails_the_trial_clearly(tmp_path):
+    from mtbench import tracking
+
+    exp = tiny_experiment(tmp_path)
+    result = run_cli("run", str(exp), "-o", "train.optimizer={name: sgd, lr: 1.0e+12}", cwd=tmp_path)
+    assert_clean_error(result, "became", "Lower train.optimizer.lr")
+    runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "tiny")
+    assert list(runs["status"]) == ["FAILED"]
+
+
+@pytest.mark.parametrize(("args", "needles"), [
+    (["-o", "train.setps=3"], ["unknown key 'train.setps'", "Did you mean 'steps'"]),
+    (["-o", "train.steps=-1"], ["train.steps", "greater than 0"]),
+    (["-o", "model.name=demtt"], ["unknown model 'demtt'"]),
+    (["-o", "model.backbone=resnet19"], ["unknown backbone 'resnet19'"]),
+    (["-o", "dataset.name=synthetic_nyu"], ["unknown dataset 'synthetic_nyu'", "Did you mean 'synthetic_nyud'"]),
+    (["-o", "output_dir=blocker/runs"], ["output_dir: cannot write to"]),
+], ids=["unknown-key", "wrong-type", "model", "backbone", "dataset", "unwritable-output"])
+def test_bad_input_is_one_message_and_exit_2(tmp_path, args, needles):
+    exp = tiny_experiment(tmp_path)
+    (tmp_path / "blocker").write_text("a file where a folder should be")
+    result = run_cli("run", str(exp), *args, cwd=tmp_path)
+    assert_clean_error(result, *needles)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_experiment_file(tmp_path):
+    assert_clean_error(run_cli("run", "nope.yaml", cwd=tmp_path), "'nope.yaml' does not exist")
+
+
+def test_unreachable_tracking_uri(tmp_path):
+    exp = tiny_experiment(tmp_path)
+    started = time.time()
+    result = run_cli("run", str(exp), cwd=tmp_path, env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})
+    assert_clean_error(result, "127.0.0.1:9")
+    assert time.time() - started < 60
+    assert not (tmp_path / "runs").exists()
+
+
+def test_list_shows_every_registry(tmp_path):
+    result = run_cli("list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("shared_encoder", "single_task", "resnet18", "swin_tiny", "hrnet_w18_small", "synthetic_nyud",
+                 "synthetic_pascal", "uncertainty", "semseg"):
+        assert name in result.stdout
