@@ -53,7 +53,7 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 RUN_COLUMNS = ("run_id", "run_name", "experiment", "status", "start_time", "variant", "seed", "model",
                "dataset", "checkpoint")  # load_runs' fixed columns; metric columns follow
 HTTP_TIMEOUT_S = 3.0
-_DB_SCHEMES = ("postgresql", "mysql", "mssql")  # accepted as given: checking needs their drivers
+_UNCHECKED_SCHEMES = ("postgresql", "mysql", "mssql", "databricks")  # accepted as given: checks need drivers
 _BATCH = 100  # MLflow's limit of params/tags per log_batch call
 _PARAM_LIMIT_FALLBACK = 500  # MAX_PARAM_VAL_LENGTH of older MLflow releases
 _TAG_LIMIT_FALLBACK = 5000
@@ -95,8 +95,9 @@ def resolve_tracking_uri(configured: str | None) -> str:
 
 def _check_writable_dir(folder: Path, what: str, uri: str) -> None:
     if not folder.is_dir():
-        raise MtbenchError(f"cannot use tracking store {uri!r}: folder {str(folder)!r} for {what} does not "
-                           f"exist. Create it (mkdir -p) or set `tracking.uri` / $MLFLOW_TRACKING_URI.")
+        problem = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise MtbenchError(f"cannot use tracking store {uri!r}: folder {str(folder)!r} for {what} {problem}. "
+                           "Create it (mkdir -p) or set `tracking.uri` / $MLFLOW_TRACKING_URI.")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise MtbenchError(f"cannot use tracking store {uri!r}: folder {str(folder)!r} for {what} is not "
                            f"writable. Fix its permissions or choose another `tracking.uri`.")
@@ -106,9 +107,9 @@ def check_tracking_uri(uri: str) -> None:
     """Raise MtbenchError unless the tracking store at `uri` can be used, within a few seconds.
 
     MLflow's own client retries an unreachable server for minutes, so a server is probed here
-    with one short HTTP request. postgresql/mysql/mssql URIs are accepted unchecked.
+    with one short HTTP request. database and databricks URIs are accepted unchecked.
     """
-    scheme = uri.split(":", 1)[0].lower() if ":" in uri else ""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()  # postgresql+psycopg2 -> postgresql
     if scheme == "sqlite":
         path = _sqlite_path(uri)
         if path is None:
@@ -118,6 +119,14 @@ def check_tracking_uri(uri: str) -> None:
             raise MtbenchError(f"cannot use tracking store {uri!r}: {str(path)!r} is not writable. "
                                "Fix its permissions or choose another `tracking.uri`.")
     elif scheme == "file":
+        from mlflow import environment_variables as env
+
+        allow = getattr(env, "MLFLOW_ALLOW_FILE_STORE", None)  # MLflow >= 3.x refuses file stores by default
+        if allow is not None and not allow.get():
+            raise MtbenchError(
+                f"MLflow refuses the file store {uri!r} unless MLFLOW_ALLOW_FILE_STORE=true is set. Use a sqlite "
+                f"store (sqlite:///path/to/{DEFAULT_DB}; `mlflow migrate-filestore` converts old runs), or set "
+                "that variable.")
         path = _file_path(uri)
         existing = next(p for p in (path, *path.parents) if p.exists())  # MLflow creates the rest
         _check_writable_dir(existing, "the file store", uri)
@@ -134,7 +143,7 @@ def check_tracking_uri(uri: str) -> None:
                 f"MLflow server {uri!r} did not answer within {HTTP_TIMEOUT_S:.0f} s ({reason}). Start it "
                 "(`mtbench ui` or `mlflow server`), check the address, or set `tracking.uri` to a local "
                 f"store such as sqlite:///{DEFAULT_DB}.") from None
-    elif scheme not in _DB_SCHEMES:
+    elif scheme not in _UNCHECKED_SCHEMES:
         raise MtbenchError(
             f"unsupported tracking URI {uri!r}: use sqlite:///path/to/{DEFAULT_DB}, file:///path/to/mlruns, "
             "http(s)://host:port of an MLflow server, or a postgresql/mysql/mssql database URI.")
@@ -378,7 +387,12 @@ def launch_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
     _require_existing_store(uri)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
            "--port", str(port)]
+    proc = subprocess.Popen(cmd)
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:  # Ctrl-C is how a user stops the UI
-        return 0
+        return proc.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached the server too (same process group): let it shut down
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            return proc.wait()

@@ -42,7 +42,18 @@ def test_check_tracking_uri_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(MtbenchError, match="does not exist. Create it"):
         tracking.check_tracking_uri(f"sqlite:///{tmp_path}/nope/mlruns.db")
     tracking.check_tracking_uri(f"sqlite:///{tmp_path}/mlruns.db")
-    tracking.check_tracking_uri((tmp_path / "new" / "mlruns").as_uri())  # a file store's folders get created
+
+
+def test_check_tracking_uri_file_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = (tmp_path / "new" / "mlruns").as_uri()
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(MtbenchError, match="MLflow refuses the file store .*MLFLOW_ALLOW_FILE_STORE=true"):
+        tracking.check_tracking_uri(uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    tracking.check_tracking_uri(uri)  # MLflow creates a file store's missing folders
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(MtbenchError, match="blocker' for the file store is a file, not a folder"):
+        tracking.check_tracking_uri((tmp_path / "blocker" / "mlruns").as_uri())
 
 
 def test_check_tracking_uri_unreachable_server_fails_fast() -> None:

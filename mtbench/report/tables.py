@@ -56,8 +56,10 @@ def _join_checkpoints(values: pd.Series) -> str:
 
 
 def _missing_detail(seeds: pd.DataFrame, metric: str) -> str:
-    lacking = seeds[seeds[metric].isna()].groupby("variant", sort=True)["seed"].agg(_fmt_seeds)
-    return "; ".join(f"{v} (seeds {s or '?'})" for v, s in lacking.items())
+    """Name the variants and seeds that lack `metric`, e.g. "mtl (seed 0); single_task (seeds 0, 1)"."""
+    lacking = seeds[seeds["variant"].notna() & seeds[metric].isna()].groupby("variant", sort=True)["seed"]
+    return "; ".join(f"{v} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s.dropna())) or '?'})"
+                     for v, s in lacking)
 
 
 def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task") -> ResultTable:
@@ -145,8 +147,8 @@ def _cells(table: ResultTable, bold: tuple[str, str], pm: str, dash: str, signed
             if pd.isna(mean):
                 rows[i].append(dash)
                 continue
-            sign = "+" if prefix in signed else ""
-            text = f"{round(mean, d) or 0.0:{sign}.{d}f}"  # `or 0.0` turns -0.00 into 0.00
+            shown = round(mean, d) or 0.0  # `or 0.0` turns -0.00 into 0.00
+            text = f"{shown:{'+' if prefix in signed and shown else ''}.{d}f}"
             if pd.notna(std):
                 text += f"{pm}{std:.{d}f}"
             is_best = best is not None and round(mean, d) == best
@@ -193,9 +195,9 @@ def to_latex(table: ResultTable) -> str:
 
 
 def to_standalone_latex(table: ResultTable) -> str:
-    """Wrap `to_latex` in a minimal article that pdflatex compiles on its own."""
-    return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
-            + to_latex(table) + "\\end{document}\n")
+    """Wrap `to_latex` in a minimal article that pdflatex compiles on its own (landscape: tables are wide)."""
+    return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[landscape,margin=1.5cm]{geometry}\n"
+            "\\pagestyle{empty}\n\\begin{document}\n" + to_latex(table) + "\\end{document}\n")
 
 
 def to_markdown(table: ResultTable) -> str:

@@ -1,0 +1,44 @@
+"""The data layer: `build_dataset` and the registered datasets (importing registers them)."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from mtbench.data import dataset as _synthetic_datasets  # noqa: F401  (registers synthetic_*)
+from mtbench.errors import MtbenchError
+from mtbench.registry import DATASETS
+from mtbench.tasks import resolve_tasks
+
+_COMMON = ("root", "split", "tasks", "protocol")
+
+
+def build_dataset(name: str, *, root: str | Path | None = None, split: str,
+                  tasks: Sequence[str] | None = None, protocol: str | None = None,
+                  **options: Any) -> Dataset:
+    """Build dataset `name` for `split` with `tasks` (None = all of the dataset's tasks).
+
+    With protocol=None a sample is the ground truth at its original size, unaugmented. Unknown
+    names, tasks and options are user errors (MtbenchError) with the valid choices; `options` are
+    checked against the builder's keywords, so a typo is named rather than raised as TypeError.
+    Synthetic datasets ignore `root`.
+    """
+    builder = DATASETS.get(name)
+    valid = [p for p in inspect.signature(builder).parameters if p not in _COMMON]
+    for key in options:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise MtbenchError(f"unknown option {key!r} for dataset {name!r}.{hint} "
+                               f"Valid options: {', '.join(valid)}.")
+    task_list = None if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
+    return builder(root=root, split=split, tasks=resolve_tasks(name, task_list), protocol=protocol,
+                   **options)
+
+
+__all__ = ["build_dataset"]

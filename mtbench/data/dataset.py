@@ -1,0 +1,141 @@
+"""The synthetic datasets as torch Datasets of Samples, and their registered builders.
+
+`synthetic_nyud` (semseg, depth, normals, edge) and `synthetic_pascal` (semseg, human_parts, sal,
+normals, edge) are rendered on the fly by `mtbench.data.synthetic`, so they need no files: they are
+the default dataset of tests, examples and smoke runs. A sample depends only on (dataset, seed,
+split, index), never on access order, worker or process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from mtbench.data.synthetic import PRESETS, SPLITS, render_scene
+from mtbench.errors import MtbenchError
+from mtbench.registry import DATASETS
+from mtbench.tasks import resolve_tasks
+
+# The image is normalised with the ImageNet statistics that timm's pretrained backbones expect.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize_image(rgb: np.ndarray) -> torch.Tensor:
+    """Turn an (H, W, 3) uint8 RGB array into a (3, H, W) float32 tensor normalised as ImageNet."""
+    image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return image.sub_(mean).div_(std)
+
+
+def to_sample_tensor(task: str, array: np.ndarray) -> torch.Tensor:
+    """Convert one task's (H, W[, C]) generator array to its Sample tensor (DESIGN.md contract)."""
+    if task in ("semseg", "sal", "human_parts"):
+        return torch.from_numpy(array.astype(np.int64))  # (H, W) long, 255 = ignore
+    if task == "normals":
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
+    if task in ("depth", "edge"):
+        return torch.from_numpy(array.astype(np.float32)[None])  # (1, H, W) float
+    raise ValueError(f"no Sample conversion for task {task!r}")
+
+
+class SyntheticMultiTask(Dataset):
+    """Rendered scenes of one preset and split, as Samples holding `image`, `meta` and `tasks`.
+
+    `render(index)` gives the generator's raw arrays (uint8 `rgb` included), e.g. to write an
+    on-disk layout. With `cache=True` rendered arrays are kept in memory (per process) for reuse.
+    """
+
+    def __init__(self, preset: str, *, split: str, tasks: Sequence[str], size: int, height: int,
+                 width: int, seed: int = 0, cache: bool = False) -> None:
+        if preset not in PRESETS:
+            raise MtbenchError(f"unknown synthetic preset {preset!r}; valid: {', '.join(PRESETS)}.")
+        if split not in SPLITS:
+            raise MtbenchError(f"unknown split {split!r} for dataset {preset!r}; valid splits: "
+                               f"{', '.join(SPLITS)}.")
+        for option, value, low in (("size", size, 0), ("height", height, 8), ("width", width, 8),
+                                   ("seed", seed, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise MtbenchError(f"option {option!r} of dataset {preset!r} must be an integer "
+                                   f">= {low}, got {value!r}.")
+        self.name, self.split, self.tasks = preset, split, tuple(resolve_tasks(preset, list(tasks)))
+        self.size, self.height, self.width, self.seed = size, height, width, seed
+        self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def render(self, index: int) -> dict[str, np.ndarray]:
+        """Return the generator's arrays for `index` (see mtbench.data.synthetic for layouts)."""
+        if not -self.size <= index < self.size:
+            raise IndexError(f"index {index} out of range for {self.size} samples")
+        index %= self.size
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        arrays = render_scene(self.name, self.split, index, seed=self.seed, height=self.height,
+                              width=self.width)
+        if self._cache is not None:
+            self._cache[index] = {k: arrays[k] for k in ("rgb", *self.tasks)}
+        return arrays
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        arrays = self.render(index)
+        sample: dict[str, Any] = {"image": normalize_image(arrays["rgb"])}
+        for task in self.tasks:
+            sample[task] = to_sample_tensor(task, arrays[task])
+        sample["meta"] = {"id": f"{self.name}-{self.split}-{index % self.size:06d}",
+                          "size": (self.height, self.width)}
+        return sample
+
+    def __repr__(self) -> str:
+        return (f"SyntheticMultiTask({self.name!r}, split={self.split!r}, tasks={self.tasks}, "
+                f"size={self.size}, height={self.height}, width={self.width}, seed={self.seed})")
+
+
+def _build(preset: str, *, root: str | Path | None, split: str, tasks: Sequence[str] | None,
+           protocol: str | None, sizes: dict[str, int], height: int, width: int, seed: int,
+           cache: bool) -> SyntheticMultiTask:
+    del root  # rendered on the fly: there is nothing to read
+    if protocol is not None:
+        raise MtbenchError(f"dataset {preset!r} supports only protocol=None (ground truth at its "
+                           f"rendered size), got {protocol!r}.")
+    return SyntheticMultiTask(preset, split=split, tasks=resolve_tasks(preset, _task_list(tasks)),
+                              size=sizes.get(split, 0), height=height, width=width, seed=seed, cache=cache)
+
+
+def _task_list(tasks: Sequence[str] | None) -> list[str] | None:
+    return None if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
+
+
+@DATASETS.register("synthetic_nyud")
+def synthetic_nyud(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | None = None,
+                   protocol: str | None = None, num_train: int = 800, num_val: int = 200,
+                   num_test: int = 200, height: int = 96, width: int = 128, seed: int = 0,
+                   cache: bool = False) -> SyntheticMultiTask:
+    """Rendered indoor rooms with NYUD's tasks (semseg, depth, normals, edge); `root` is ignored.
+
+    `seed` picks the scenes (it is the dataset's seed, not the training seed); `height`/`width`
+    are the rendered size; `num_*` the split sizes.
+    """
+    return _build("synthetic_nyud", root=root, split=split, tasks=tasks, protocol=protocol,
+                  sizes={"train": num_train, "val": num_val, "test": num_test}, height=height,
+                  width=width, seed=seed, cache=cache)
+
+
+@DATASETS.register("synthetic_pascal")
+def synthetic_pascal(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | None = None,
+                     protocol: str | None = None, num_train: int = 800, num_val: int = 200,
+                     num_test: int = 200, height: int = 96, width: int = 128, seed: int = 0,
+                     cache: bool = False) -> SyntheticMultiTask:
+    """Rendered scenes with people and PASCAL-Context's tasks (semseg, human_parts, sal, normals,
+    edge); `root` is ignored. Options as for `synthetic_nyud`.
+    """
+    return _build("synthetic_pascal", root=root, split=split, tasks=tasks, protocol=protocol,
+                  sizes={"train": num_train, "val": num_val, "test": num_test}, height=height,
+                  width=width, seed=seed, cache=cache)
