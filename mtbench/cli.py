@@ -31,7 +31,9 @@ def run(
 ) -> None:
     """Run every trial (variant x seed) of an experiment and log each as an MLflow run."""
     from mtbench.config import expand_trials, load_experiment
+    from mtbench.metrics import METRIC_DIRECTIONS
     from mtbench.sweep import launch_local
+    from mtbench.tasks import TASK_NAMES, TASKS
 
     exp = load_experiment(experiment, override or [], smoke=smoke)
     trials = expand_trials(exp, where=str(experiment))
@@ -43,14 +45,17 @@ def run(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         results = launch_local(trials, resume=resume, progress=progress)
-    table = Table(title=f"{exp.name}: test metrics")
-    table.add_column("trial")
+    table = Table(title=f"{exp.name}: primary test metrics (final checkpoint)")
+    table.add_column("variant", no_wrap=True)
+    table.add_column("seed")
     table.add_column("status")
-    keys = sorted({k for r in results for k in r.metrics if k != "error"})
+    logged = {k for r in results for k in r.metrics}
+    keys = [TASKS[t].primary_metric for t in TASK_NAMES if TASKS[t].primary_metric in logged]
     for key in keys:
-        table.add_column(key, justify="right")
+        table.add_column(f"{key} {'↑' if METRIC_DIRECTIONS[key] else '↓'}", justify="right")
     for r in results:
-        table.add_row(r.key, r.status, *[f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in keys])
+        values = [f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in keys]
+        table.add_row(r.variant, str(r.seed), r.status, *values)
     console.print(table)
     failed = [r for r in results if r.status != "FINISHED"]
     if failed:

@@ -11,8 +11,12 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
-from fvcore.nn import FlopCountAnalysis
 from torch import nn
+
+with warnings.catch_warnings():
+    # fvcore scripts helpers with torch.jit at import, which PyTorch >= 2.9 marks deprecated.
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
 
 
 @dataclass

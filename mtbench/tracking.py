@@ -107,7 +107,8 @@ def check_tracking_uri(uri: str) -> None:
     """Raise MtbenchError unless the tracking store at `uri` can be used, within a few seconds.
 
     MLflow's own client retries an unreachable server for minutes, so a server is probed here
-    with one short HTTP request. database and databricks URIs are accepted unchecked.
+    with one short HTTP request. Database (postgresql, mysql, mssql) and databricks URIs are accepted
+    unchecked.
     """
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()  # postgresql+psycopg2 -> postgresql
     if scheme == "sqlite":
@@ -133,7 +134,7 @@ def check_tracking_uri(uri: str) -> None:
     elif scheme in ("http", "https"):
         probe = uri.rstrip("/") + "/health"
         try:
-            with urllib.request.urlopen(probe, timeout=HTTP_TIMEOUT_S):  # noqa: S310 (scheme checked)
+            with urllib.request.urlopen(probe, timeout=HTTP_TIMEOUT_S):
                 pass
         except urllib.error.HTTPError:
             pass  # the server answered; MLflow itself will report auth or path problems

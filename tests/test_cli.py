@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXPERIMENTS, run_cli
 
 pytestmark = pytest.mark.slow
@@ -119,7 +118,7 @@ def test_bad_input_is_one_message_and_exit_2(tmp_path, args, needles):
 
 
 def test_missing_experiment_file(tmp_path):
-    assert_clean_error(run_cli("run", "nope.yaml", cwd=tmp_path), "'nope.yaml' does not exist")
+    assert_clean_error(run_cli("run", "nope.yaml", cwd=tmp_path), "nope.yaml' does not exist")
 
 
 def test_unreachable_tracking_uri(tmp_path):

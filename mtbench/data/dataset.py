@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from mtbench.data.synthetic import PRESETS, SPLITS, render_scene
+from mtbench.data.synthetic import GENERATOR_VERSION, PRESETS, SPLITS, render_scene
 from mtbench.errors import MtbenchError
 from mtbench.registry import DATASETS
 from mtbench.tasks import resolve_tasks
@@ -70,6 +70,12 @@ class SyntheticMultiTask(Dataset):
 
     def __len__(self) -> int:
         return self.size
+
+    @property
+    def fingerprint(self) -> str:
+        """What identifies this data exactly: preset, generator version, seed, image size and split size."""
+        return (f"{self.name}:generator-v{GENERATOR_VERSION}:seed{self.seed}:{self.height}x{self.width}:"
+                f"{self.split}={self.size}")
 
     def render(self, index: int) -> dict[str, np.ndarray]:
         """Return the generator's arrays for `index` (see mtbench.data.synthetic for layouts)."""

@@ -12,8 +12,9 @@ Conventions (documented once, relied on by tests and the Dataset):
   so visible surfaces have n_z > 0, a level camera sees the floor as (0, 1, 0) and a horizontal
   flip negates n_x. Invalid pixels (no hit) have the zero vector.
 - Depth: camera-space z (distance along the optical axis, not along the ray) in metres; 0 = invalid.
-- Arrays come out image-like (H, W[, C]): `rgb` uint8, `depth` float32, `normals` float32 (H, W, 3),
-  `semseg`/`human_parts`/`sal`/`edge` uint8, `instance` int32, 255 (or -1 for instance) = no hit.
+- `render` returns image-like arrays (H, W[, C]), as files on disk hold them: `rgb` uint8 (H, W, 3),
+  `depth` float32, `normals` float32 (H, W, 3), `semseg`/`human_parts`/`sal`/`edge` uint8 (255 =
+  ignore), and `instance` int32 (0 floor, 1-3 back/left/right wall, 4+ objects in scene order).
 
 Randomness comes only from `scene_rng(preset, split, index, seed)`, so a sample is a pure function
 of (preset, seed, split, index) and never depends on access order.
@@ -36,6 +37,7 @@ HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG = (HUMAN_PART_CLASSES.in
 FOREGROUND_CLASSES = (BOX, SPHERE, CYLINDER, FIGURE)
 IGNORE = 255
 SPLITS = ("train", "val", "test")
+GENERATOR_VERSION = 1  # bump whenever a change alters rendered samples, so fingerprints change
 # Room surfaces come first in the surface table; object instances are numbered after them.
 ROOM_SURFACES = ("floor", "back_wall", "left_wall", "right_wall")
 PLAIN, CHECKER, STRIPES_X, STRIPES_Y, STRIPES_Z = range(5)
@@ -134,7 +136,7 @@ PRESETS: dict[str, Preset] = {
     # An indoor room seen from head height, looking down a little, mostly furniture-like solids.
     "synthetic_nyud": Preset(
         stream=1, camera_height=(1.3, 1.8), pitch_deg=(8.0, 22.0), yaw_deg=(-15.0, 15.0), focal=0.81,
-        room_depth=(5.0, 9.0), room_half_width=(2.0, 4.0), side_wall_prob=0.8, distance=(1.8, 8.0),
+        room_depth=(4.5, 8.0), room_half_width=(2.0, 4.0), side_wall_prob=0.8, distance=(1.8, 8.0),
         boxes=(0.0, 0.3, 0.35, 0.25, 0.1), spheres=(0.35, 0.45, 0.2), cylinders=(0.35, 0.45, 0.2),
         figures=(0.5, 0.35, 0.15), wall_saturation=(0.05, 0.25)),
     # Closer, level shots with more people, so parts and saliency are common (PASCAL-Context-like).
@@ -326,8 +328,24 @@ def ray_directions(camera: Camera, height: int, width: int) -> np.ndarray:
 
 
 def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Row-wise dot product of component-major (3, M) vectors."""
+    """Dot products of component-major (3, M) vectors."""
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _apply(matrix: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Return matrix (3, 3) @ v (3, M), without BLAS, which is many times slower on this shape."""
+    return matrix[:, 0:1] * v[0] + matrix[:, 1:2] * v[1] + matrix[:, 2:3] * v[2]
+
+
+def _take(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Select columns (last axis); np.take is several times faster than a[:, idx] here."""
+    return np.take(a, idx, axis=-1)
+
+
+def _put(dst: np.ndarray, idx: np.ndarray, src: np.ndarray) -> None:
+    """Assign columns dst[:, idx] = src, row by row (faster than 2-D fancy assignment)."""
+    for row in range(dst.shape[0]):
+        dst[row, idx] = src[row]
 
 
 # The hit functions take the origin o (3, 1), one ray per pair d (3, M), per-primitive parameters
@@ -338,7 +356,8 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _hit_spheres(o: np.ndarray, d: np.ndarray, c: np.ndarray, r: np.ndarray, k: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray]:
-    oc = (o - c)[:, k]
+    """Entry into spheres of centre c and radius r."""
+    oc = _take(o - c, k)
     rk = r[k]
     b, cc = _dot(d, oc), (_dot(o - c, o - c) - r * r)[k]
     a = _dot(d, d)
@@ -357,7 +376,7 @@ def _hit_tubes(o: np.ndarray, d: np.ndarray, a: np.ndarray, b: np.ndarray, r: np
     wu = _dot(w, u)
     wp = w - wu * u  # origin offset perpendicular to the axis, per primitive
     qc = (_dot(wp, wp) - r * r)[k]
-    u, wp, wu, length, rk = u[:, k], wp[:, k], wu[k], length[k], r[k]
+    u, wp, wu, length, rk = _take(u, k), _take(wp, k), _take(wu, k), _take(length, k), _take(r, k)
     du = _dot(d, u)
     dp = d - du * u
     qa, qb = _dot(dp, dp), _dot(dp, wp)
@@ -373,7 +392,7 @@ def _hit_discs(o: np.ndarray, d: np.ndarray, c: np.ndarray, normal: np.ndarray, 
                k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hits on discs of centre c, outward unit normal `normal` and radius r (cylinder caps)."""
     num = _dot(c - o, normal)[k]
-    normal, c = normal[:, k], c[:, k]
+    normal, c = _take(normal, k), _take(c, k)
     dn = _dot(d, normal)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = num / dn
@@ -385,20 +404,21 @@ def _hit_discs(o: np.ndarray, d: np.ndarray, c: np.ndarray, normal: np.ndarray, 
 
 def _hit_boxes(o: np.ndarray, d: np.ndarray, c: np.ndarray, half: np.ndarray, yaw: np.ndarray,
                k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Slab-test entry into boxes rotated by `yaw` about the vertical axis."""
+    """Slab-test entry into boxes of centre c and half extents `half`, rotated by `yaw` (_rotate_y)."""
     cy, sy = np.cos(yaw), np.sin(yaw)
     oc = o - c
-    ol = np.stack([cy * oc[0] - sy * oc[2], oc[1], sy * oc[0] + cy * oc[2]])[:, k]  # inverse _rotate_y
-    cy, sy, hk = cy[k], sy[k], half[:, k]
+    ol = _take(np.stack([cy * oc[0] - sy * oc[2], oc[1], sy * oc[0] + cy * oc[2]]), k)  # box frame
+    cy, sy, hk = _take(cy, k), _take(sy, k), _take(half, k)
     dl = np.stack([cy * d[0] - sy * d[2], d[1], sy * d[0] + cy * d[2]])
     with np.errstate(divide="ignore", invalid="ignore"):
         t1, t2 = (-hk - ol) / dl, (hk - ol) / dl
     near, far = np.minimum(t1, t2), np.maximum(t1, t2)
-    axis = np.argmax(near, axis=0)
-    cols = np.arange(d.shape[1])
-    tn, tf = near[axis, cols], far.min(axis=0)
-    nl = np.zeros_like(dl)
-    nl[axis, cols] = -np.sign(dl[axis, cols])
+    tn = np.maximum(np.maximum(near[0], near[1]), near[2])
+    tf = np.minimum(np.minimum(far[0], far[1]), far[2])
+    # The entry face is the slab entered last; its outward normal opposes the ray there.
+    nl = np.where(near == tn, -np.sign(dl), 0.0)
+    nl[1] *= near[0] != tn  # break exact ties (edges) in favour of the first axis
+    nl[2] *= (near[0] != tn) & (near[1] != tn)
     n = np.stack([cy * nl[0] + sy * nl[2], nl[1], -sy * nl[0] + cy * nl[2]])
     return np.where((tn <= tf) & (tn > _EPS), tn, np.inf), n
 
@@ -412,7 +432,7 @@ def _screen_rects(centres: np.ndarray, radii: np.ndarray, origin: np.ndarray, ca
     """
     right, up, forward = camera_basis(camera)
     rel = centres - origin[:, None]
-    xc, yc, zc = right @ rel, up @ rel, forward @ rel
+    xc, yc, zc = _apply(np.stack([right, up, forward]), rel)
     f = camera.focal * width
     near = zc - radii
     zs, ns = np.maximum(zc, 1e-3), np.maximum(near, 1e-3)
@@ -437,6 +457,7 @@ def _pixel_pairs(rects: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]
 
 
 _SHAPES = ("sphere", "capsule", "cylinder", "box")
+_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64).T
 
 
 def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarray, camera: Camera,
@@ -447,27 +468,37 @@ def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarra
     """
     geom = np.array([(*p.a, *p.b, *p.half, p.radius, p.yaw, _SHAPES.index(p.shape)) for p in prims]).T
     a, b, half, r, yaw, shape = geom[0:3], geom[3:6], geom[6:9], geom[9], geom[10], geom[11]
-    is_box, is_sphere = shape == 3, shape == 0
-    centre = np.where(is_box | is_sphere, a, (a + b) / 2)
-    bound = np.where(is_box, np.sqrt(_dot(half, half)),
-                     np.where(is_sphere, r, np.sqrt(_dot(b - a, b - a)) / 2 + r))
-    owner, pix = _pixel_pairs(_screen_rects(centre, bound, origin, camera, height, width), width)
+    # Each primitive lies in the convex hull of a few spheres (itself; the end spheres of a capsule
+    # or cylinder; the corners of a box), so the union of their rectangles bounds its projection.
+    boxes, rounds = np.flatnonzero(shape == 3), np.flatnonzero(shape != 3)
+    corners = half[:, boxes, None] * _CORNERS[:, None, :]  # (3, boxes, 8), box frame
+    cy, sy = np.cos(yaw[boxes])[:, None], np.sin(yaw[boxes])[:, None]
+    corners = np.stack([cy * corners[0] + sy * corners[2], corners[1], -sy * corners[0] + cy * corners[2]])
+    centres = np.concatenate([a[:, rounds], np.where(shape == 0, a, b)[:, rounds],
+                              (corners + a[:, boxes, None]).reshape(3, -1)], 1)
+    radii = np.concatenate([r[rounds], r[rounds], np.zeros(8 * len(boxes))])
+    hull_owner = np.concatenate([rounds, rounds, np.repeat(boxes, 8)])
+    hull = _screen_rects(centres, radii, origin, camera, height, width)
+    rects = np.tile(np.array([height, 0, width, 0]), (len(r), 1))
+    for col, reduce in enumerate((np.minimum, np.maximum, np.minimum, np.maximum)):
+        reduce.at(rects[:, col], hull_owner, hull[:, col])
+    owner, pix = _pixel_pairs(rects, width)
     t = np.full(len(pix), np.inf)
     n = np.zeros((3, len(pix)))
     o = origin[:, None]
     pair_shape = shape[owner]
 
     def keep(sel: np.ndarray, tt: np.ndarray, nn: np.ndarray) -> None:
-        better = tt < t[sel]
+        better = np.flatnonzero(tt < t[sel])
         idx = sel[better]
         t[idx] = tt[better]
-        n[:, idx] = nn[:, better]
+        _put(n, idx, _take(nn, better))
 
     for code, kind in enumerate(_SHAPES):
         sel = np.flatnonzero(pair_shape == code)
         if not len(sel):
             continue
-        k, d = owner[sel], rays[:, pix[sel]]
+        k, d = _take(owner, sel), _take(rays, _take(pix, sel))
         if kind == "box":
             keep(sel, *_hit_boxes(o, d, a, half, yaw, k))
         elif kind == "sphere":
@@ -482,7 +513,7 @@ def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarra
                 keep(sel, *_hit_discs(o, d, b, u, r, k))
                 keep(sel, *_hit_discs(o, d, a, -u, r, k))
     hit = np.flatnonzero(np.isfinite(t))
-    n = n[:, hit]
+    n = _take(n, hit)
     n /= np.sqrt(_dot(n, n))  # analytic normals are unit up to rounding; make them exact
     return pix[hit], t[hit], n, owner[hit]
 
@@ -490,6 +521,7 @@ def _cast_primitives(prims: list[Primitive], origin: np.ndarray, rays: np.ndarra
 _SALIENCY = np.zeros(256, dtype=np.uint8)  # semseg value -> sal value
 _SALIENCY[list(FOREGROUND_CLASSES)] = 1
 _SALIENCY[IGNORE] = IGNORE
+# World normals of the room surfaces, one column each: floor, back wall, left wall, right wall.
 _PLANE_NORMALS = np.array([[0.0, 0.0, 1.0, -1.0], [1.0, 0.0, 0.0, 0.0], [0.0, -1.0, 0.0, 0.0]])
 # Which world axes each pattern sums before taking the parity: PLAIN, CHECKER, STRIPES_X/Y/Z.
 _PATTERN_AXES = ((0, 0, 0), (1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1))
@@ -501,16 +533,17 @@ def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]
     origin = np.array([0.0, cam.height, 0.0])
     rays = ray_directions(cam, height, width)
     npix = height * width
-    # Room planes, evaluated densely: floor, back wall, left and right walls.
+    # Room planes, evaluated densely: floor, back wall, left and right walls (nearest positive hit).
     dx, dy, dz = rays
     hw = scene.room_half_width if scene.side_walls else np.inf
-    planes = np.full((4, npix), np.inf)
-    np.divide(-cam.height, dy, out=planes[0], where=dy < 0)
-    np.divide(scene.room_depth, dz, out=planes[1], where=dz > 0)
-    np.divide(-hw, dx, out=planes[2], where=dx < 0)
-    np.divide(hw, dx, out=planes[3], where=dx > 0)
-    surface = np.argmin(planes, axis=0)
-    t = planes[surface, np.arange(npix)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        candidates = (-cam.height / dy, scene.room_depth / dz, -hw / dx, hw / dx)
+    t = np.full(npix, np.inf)
+    surface = np.zeros(npix, dtype=np.int64)
+    for k, tk in enumerate(candidates):
+        closer = (tk > 0) & (tk < t)
+        t = np.where(closer, tk, t)
+        surface[closer] = k
     normal = np.take(_PLANE_NORMALS, surface, axis=1)
 
     # Surface table: the four room surfaces, then one row per primitive.
@@ -523,7 +556,7 @@ def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]
         pix, tp, n_p, owner = _cast_primitives(prims, origin, rays, cam, height, width)
         owner = owner + len(ROOM_SURFACES)
         closer = np.flatnonzero(tp < t[pix])
-        pix, tp, n_p, owner = pix[closer], tp[closer], n_p[:, closer], owner[closer]
+        pix, tp, n_p, owner = _take(pix, closer), _take(tp, closer), _take(n_p, closer), _take(owner, closer)
         np.minimum.at(t, pix, tp)
         win = tp == t[pix]
         # Exact ties (e.g. shared joints): the lowest surface index wins, deterministically.
@@ -531,17 +564,17 @@ def render(scene: SceneParams, height: int, width: int) -> dict[str, np.ndarray]
         np.minimum.at(first, pix[win], owner[win])
         win = np.flatnonzero(win & (owner == first[pix]))
         surface[pix[win]] = owner[win]
-        normal[:, pix[win]] = n_p[:, win]
+        _put(normal, pix[win], _take(n_p, win))
 
     valid = np.isfinite(t)
-    labels = np.array([row[:3] for row in rows], dtype=np.int32)[surface]
-    sem, inst, parts = labels[:, 0].astype(np.uint8), labels[:, 1], labels[:, 2].astype(np.uint8)
+    labels = np.take(np.array([row[:3] for row in rows], dtype=np.int32).T.copy(), surface, axis=1)
+    sem, inst, parts = labels[0].astype(np.uint8), labels[1], labels[2].astype(np.uint8)
     sem[~valid], parts[~valid], inst[~valid] = IGNORE, IGNORE, -1
     if not (sem == FIGURE).any():
         parts[:] = IGNORE  # no person visible: parts are ignored for the whole image (PASCAL rule)
 
     right, up, forward = camera_basis(cam)
-    cam_normal = np.stack([right, up, -forward]) @ normal
+    cam_normal = _apply(np.stack([right, up, -forward]), normal)
     cam_normal[:, ~valid] = 0.0
     depth = np.where(valid, t, 0.0)
     rgb = _shade(scene, origin[:, None] + depth * rays, normal, surface, [row[3] for row in rows], valid)

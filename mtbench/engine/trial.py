@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,8 @@ RESULT = "result.json"
 @dataclass
 class TrialResult:
     key: str
+    variant: str
+    seed: int
     run_id: str
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
@@ -103,12 +104,12 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
     folder = trial_dir(cfg)
     if resume and (folder / RESULT).is_file():
         return TrialResult(**json.loads((folder / RESULT).read_text()))
-    if not resume:
-        clear_trial(cfg)
     device = resolve_device(cfg.train.device)
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_tracking_uri(uri)
     prepare_output(folder)
+    if not resume:
+        clear_trial(cfg)
 
     tasks = resolve_tasks(cfg.dataset.name, cfg.dataset.tasks)
     datasets = {split: build_dataset(cfg.dataset.name, root=cfg.dataset.root, split=split, tasks=list(tasks),
@@ -140,7 +141,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
             tracking.TAG_METRIC_VARIANTS: json.dumps({t: getattr(m, "variant", "reference")
                                                       for t, m in meters.items()}),
             tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
-            "mtbench.dataset_fingerprint": getattr(datasets["train"], "fingerprint", cfg.dataset.name),
+            "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
             "mtbench.version": mtbench.__version__}
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
     resolved = cfg.model_dump()
@@ -177,7 +178,8 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
         test_metrics = run_eval("test", cfg.train.steps)
         for task, figure in prediction_grids(model, eval_loaders["val"], tasks, device=device).items():
             tracker.log_figure(figure, f"predictions/{task}.png")
-        result = TrialResult(key=cfg.key, run_id=tracker.run_id, status="FINISHED", metrics=test_metrics,
+        result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id,
+                             status="FINISHED", metrics=test_metrics,
                              wall_time_s=time.time() - started)
         tracker.log_metrics({"wall_time_s": result.wall_time_s}, cfg.train.steps)
         tracker.log_dict({"split": "test", "checkpoint": "final", **test_metrics}, "final_metrics.json")
@@ -191,8 +193,5 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
 
 def clear_trial(cfg: TrialConfig) -> None:
     """Forget a trial's checkpoint and result so that it starts afresh (its MLflow run stays)."""
-    folder = trial_dir(cfg)
     for name in (CHECKPOINT, RESULT):
-        (folder / name).unlink(missing_ok=True)
-    if folder.is_dir() and not any(folder.iterdir()):
-        shutil.rmtree(folder)
+        (trial_dir(cfg) / name).unlink(missing_ok=True)

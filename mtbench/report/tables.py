@@ -88,6 +88,9 @@ def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task") -> Re
                 table.delta_tasks.append(t)
             else:
                 table.excluded[t] = f"{metric} not logged by every run; missing for {_missing_detail(seeds, metric)}"
+        for t in TASK_ORDER:
+            if t not in tasks and any(m.startswith(f"{t}/") for m in metrics):
+                table.excluded[t] = f"its primary metric {get_task(t).primary_metric} was not logged"
         if not table.delta_tasks:
             table.delta_missing = "no task's primary metric is logged by every run"
     per_seed = pd.Series(math.nan, index=seeds.index)
@@ -164,7 +167,7 @@ def _delta_sentence(table: ResultTable) -> str:
     text = (f"Δm (%): each seed run against the mean of {table.reference} ({ref_n} seed"
             f"{'s' if ref_n > 1 else ''}) over {', '.join(table.delta_tasks)}; positive is better.")
     if table.excluded:
-        text += f" Left out of Δm: {', '.join(table.excluded)} (not logged by every variant)."
+        text += " Left out of Δm: " + "; ".join(f"{t} ({why})" for t, why in table.excluded.items()) + "."
     return text
 
 
@@ -213,7 +216,6 @@ def to_markdown(table: ResultTable) -> str:
              "- Test metrics of FINISHED runs: mean ± std over seeds (sample std); ↑ higher is better, "
              "↓ lower is better; best in bold.",
              f"- {_delta_sentence(table)}"]
-    lines += [f"- {t} is left out of Δm: {why}." for t, why in table.excluded.items()]
     lines += [f"- Note: {r}." for r in table.remarks]
     return "\n".join(lines) + "\n"
 

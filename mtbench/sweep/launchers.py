@@ -19,7 +19,8 @@ def launch_local(trials: list[TrialConfig], *, resume: bool = False, progress: A
         try:
             results.append(run_trial(cfg, resume=resume, progress=progress))
         except NonFiniteLossError as err:
-            results.append(TrialResult(key=cfg.key, run_id="", status="FAILED", metrics={"error": str(err)}))
+            results.append(TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id="", status="FAILED",
+                                       metrics={"error": str(err)}))
         if task_id is not None:
             progress.advance(task_id)
     return results
