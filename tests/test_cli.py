@@ -136,3 +136,44 @@ def test_list_shows_every_registry(tmp_path):
     for name in ("shared_encoder", "single_task", "resnet18", "swin_tiny", "hrnet_w18_small", "synthetic_nyud",
                  "synthetic_pascal", "uncertainty", "semseg"):
         assert name in result.stdout
+
+
+@pytest.mark.service
+def test_ui_serves_the_run_store(tmp_path):
+    import socket
+    import urllib.request
+
+    exp = tiny_experiment(tmp_path, steps=4)
+    assert run_cli("run", str(exp), cwd=tmp_path).returncode == 0
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db"}
+    exe = Path(sys.executable).with_name("mtbench")
+    proc = subprocess.Popen([str(exe), "ui", "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline, body = time.time() + 90, ""
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=50",
+                                            timeout=5) as response:
+                    body = response.read().decode()
+                break
+            except OSError:
+                time.sleep(0.5)
+        assert '"name": "tiny"' in body.replace('":"', '": "')
+        with urllib.request.urlopen(base + "/", timeout=5) as response:
+            assert response.status == 200 and "<html" in response.read().decode().lower()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    exp = tiny_experiment(tmp_path, steps=6)
+    assert run_cli("run", str(exp), cwd=tmp_path).returncode == 0
+    (next((tmp_path / "runs").rglob("result.json"))).unlink()  # as if killed after the last checkpoint
+    result = run_cli("run", str(exp), "--resume", "-o", "model.options.head_channels=16", cwd=tmp_path)
+    assert_clean_error(result, "the config changed since it was written", "model.options.head_channels")

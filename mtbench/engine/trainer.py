@@ -78,7 +78,8 @@ def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module
         if step % 10 == 0 or step == cfg.steps:
             # .item() is a device sync point: only every few steps.
             log_fn({"train/loss_total": total.item(), "train/lr": lr,
-                    **{f"train/loss/{t}": v.item() for t, v in losses.items()}}, step)
+                    **{f"train/loss/{t}": v.item() for t, v in losses.items()},
+                    **{f"train/weight/{t}": w for t, w in weighting.task_weights().items()}}, step)
             if task_id is not None:
                 progress.update(task_id, description=f"train loss {total.item():.3f}")
         if step % cfg.eval_every == 0 and step != cfg.steps:

@@ -128,6 +128,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
     state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
     start_step, run_id = 0, None
     if state is not None:
+        check_same_config(json.loads(state["config"]), cfg.model_dump(), checkpoint_path)
         model.load_state_dict(state["model"])
         weighting.load_state_dict(state["weighting"])
         optimizer.load_state_dict(state["optimizer"])
@@ -189,6 +190,16 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     return result
+
+
+def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    """Refuse to resume a checkpoint written under another config: its numbers would match neither."""
+    old, new = tracking.flatten_config(saved), tracking.flatten_config(current)
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if changed:
+        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
+        raise MtbenchError(f"cannot resume {str(path)!r}: the config changed since it was written ({shown}). "
+                           "Run without --resume to start this trial afresh, or restore the old config.")
 
 
 def clear_trial(cfg: TrialConfig) -> None:

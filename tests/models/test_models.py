@@ -81,3 +81,11 @@ def test_gflops_are_counted_with_input_size():
     cost = measure_cost(model, (32, 32))
     assert cost.gflops > 0 and cost.input_size == (32, 32)
     assert cost.as_params()["cost/input_size"] == "32x32"
+
+
+def test_pretrained_true_offline_fails_fast_and_says_what_to_do(monkeypatch):
+    from mtbench.models import backbones
+
+    monkeypatch.setattr(backbones, "HUB_HOST", "weights-host.invalid")
+    with pytest.raises(MtbenchError, match=r"cannot be reached.*model.pretrained: <path"):
+        build_backbone("resnet18", pretrained=True)
