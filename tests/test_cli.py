@@ -177,3 +177,18 @@ def test_resume_refuses_a_changed_config(tmp_path):
     (next((tmp_path / "runs").rglob("result.json"))).unlink()  # as if killed after the last checkpoint
     result = run_cli("run", str(exp), "--resume", "-o", "model.options.head_channels=16", cwd=tmp_path)
     assert_clean_error(result, "the config changed since it was written", "model.options.head_channels")
+
+
+def test_best_val_selection_is_recorded(tmp_path):
+    from mtbench import tracking
+
+    exp = tiny_experiment(tmp_path, steps=20)
+    result = run_cli("run", str(exp), "-o", "train.select=best_val", "-o", "train.eval_every=5",
+                     "-o", "train.select_metric=depth/rmse", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "tiny")
+    assert list(runs["checkpoint"]) == ["best_val"]
+    folder = tmp_path / "runs" / "tiny" / "shared_encoder" / "seed0"
+    assert (folder / "best.pt").is_file()
+    bad = run_cli("run", str(exp), "-o", "train.select_metric=depth/rmsee", cwd=tmp_path)
+    assert_clean_error(bad, "train.select_metric", "Did you mean 'depth/rmse'")

@@ -165,6 +165,23 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *, smo
     return experiment
 
 
+def check_select_metric(trial: TrialConfig) -> None:
+    """The checkpoint-selection metric must be one the trial's validation meters log."""
+    from mtbench.metrics import METRIC_DIRECTIONS
+    from mtbench.tasks import resolve_tasks
+
+    key = trial.train.select_metric
+    if key is None:
+        return
+    tasks = resolve_tasks(trial.dataset.name, trial.dataset.tasks)
+    valid = [k for k in METRIC_DIRECTIONS if k.split("/")[0] in tasks and k != "edge/odsF"]
+    if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise MtbenchError(f"train.select_metric: {key!r} is not a validation metric of this trial.{hint} "
+                           f"Valid: {', '.join(valid)}.")
+
+
 def check_names(trial: TrialConfig, where: str) -> None:
     """Check every registry name and model option of a trial now, not minutes into a sweep."""
     import mtbench.data  # noqa: F401  (registers datasets)
@@ -180,6 +197,7 @@ def check_names(trial: TrialConfig, where: str) -> None:
         BACKBONES.get(trial.model.backbone)
         WEIGHTINGS.get(trial.loss.weighting)
         check_model_options(trial.model.name, trial.model.options)
+        check_select_metric(trial)
     except MtbenchError as err:
         raise MtbenchError(f"{where}: {err}") from None
 

@@ -54,6 +54,10 @@ class TrainConfig(Strict):
     amp: bool = True
     device: str = "auto"
     num_workers: int = Field(0, ge=0)
+    # Which weights the test split scores: the last step's, or those of the best validation
+    # evaluation by `select_metric` (default: the first task's primary metric). Never the test split.
+    select: Literal["final", "best_val"] = "final"
+    select_metric: str | None = None
 
 
 class LossConfig(Strict):

@@ -15,7 +15,10 @@ from mtbench.engine.batching import to_device
 def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], meters: dict[str, Any], *,
              device: torch.device, amp: bool = False, progress: Any = None,
              description: str = "eval") -> dict[str, float]:
-    """Return the metrics of every task meter on `loader`; restores the model's previous mode."""
+    """Return the metrics of every meter on `loader`; restores the model's previous mode.
+
+    Each meter scores the prediction of its own `task`, so a task may have several meters (variants).
+    """
     was_training = model.training
     model.eval()
     for meter in meters.values():
@@ -26,8 +29,8 @@ def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], meters: dict[st
             batch = to_device(batch, device)
             with autocast(device, amp):
                 preds = model(batch["image"])
-            for task, meter in meters.items():
-                meter.update(preds[task].float(), batch[task])
+            for meter in meters.values():
+                meter.update(preds[meter.task].float(), batch[meter.task])
             if task_id is not None:
                 progress.advance(task_id)
     finally:

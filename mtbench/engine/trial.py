@@ -29,13 +29,14 @@ from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.engine.visualize import prediction_grids
 from mtbench.errors import MtbenchError
 from mtbench.losses import build_task_loss
-from mtbench.metrics import build_meter
+from mtbench.metrics import METRIC_DIRECTIONS, build_meter
 from mtbench.models import build_model
 from mtbench.profiling import measure_cost
 from mtbench.registry import WEIGHTINGS
-from mtbench.tasks import resolve_tasks
+from mtbench.tasks import get_task, resolve_tasks
 
 CHECKPOINT = "last.pt"
+BEST = "best.pt"
 RESULT = "result.json"
 
 
@@ -98,8 +99,36 @@ def prepare_output(folder: Path) -> None:
                            "Choose a writable folder with -o output_dir=PATH.") from None
 
 
+@dataclass
+class Selection:
+    """Best validation value of the checkpoint-selection metric so far, and its step."""
+
+    metric: str
+    higher_is_better: bool
+    value: float | None = None
+    step: int | None = None
+
+    def improves(self, metrics: dict[str, float]) -> bool:
+        value = metrics[self.metric]
+        if self.value is None or (value > self.value if self.higher_is_better else value < self.value):
+            return True
+        return False
+
+
+def selection_for(cfg: TrialConfig, tasks: tuple[str, ...]) -> Selection:
+    """The metric that picks the best-on-val checkpoint: configured, or the first task's primary one."""
+    metric = cfg.train.select_metric or get_task(tasks[0]).primary_metric
+    if metric == "edge/odsF":  # validation logs only the balanced-BCE proxy of edge
+        metric = "edge/loss_bce"
+    return Selection(metric, METRIC_DIRECTIONS[metric])
+
+
 def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -> TrialResult:
-    """Train and test one trial; log it as one MLflow run. With `resume`, continue its last checkpoint."""
+    """Train and test one trial; log it as one MLflow run. With `resume`, continue its last checkpoint.
+
+    Model selection only ever looks at the val split: the test split is scored once, at the end, with
+    the final weights or (train.select: best_val) the weights of the best validation evaluation.
+    """
     started = time.time()
     folder = trial_dir(cfg)
     if resume and (folder / RESULT).is_file():
@@ -122,9 +151,11 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
     task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, edge_pos_weight=cfg.loss.edge_pos_weight)
                    for t in tasks}
     meters = {t: build_meter(t, dataset=cfg.dataset.name) for t in tasks}
+    test_meters = {**meters, **final_test_meters(tasks, cfg.dataset.name)}
     optimizer = build_optimizer([model, weighting], cfg.train)
+    selection = selection_for(cfg, tasks)
 
-    checkpoint_path = folder / CHECKPOINT
+    checkpoint_path, best_path = folder / CHECKPOINT, folder / BEST
     state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
     start_step, run_id = 0, None
     if state is not None:
@@ -134,19 +165,20 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"])
         start_step, run_id = int(state["step"]), state["run_id"]
+        selection.value, selection.step = state["best_value"], state["best_step"]
 
     cost = measure_cost(model, img_size)
     tags = {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_VARIANT: cfg.variant,
             tracking.TAG_SEED: str(cfg.seed), tracking.TAG_MODEL: cfg.model.name,
-            tracking.TAG_DATASET: cfg.dataset.name, tracking.TAG_CHECKPOINT: "final",
-            tracking.TAG_METRIC_VARIANTS: json.dumps({t: getattr(m, "variant", "reference")
-                                                      for t, m in meters.items()}),
+            tracking.TAG_DATASET: cfg.dataset.name, tracking.TAG_CHECKPOINT: cfg.train.select,
+            tracking.TAG_METRIC_VARIANTS: json.dumps({t: m.variant for t, m in test_meters.items()}),
             tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
             "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
             "mtbench.version": mtbench.__version__}
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
     resolved = cfg.model_dump()
-    tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(tasks)})
+    tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(tasks),
+                        "select_metric": selection.metric})
     tracker.log_dict(resolved, "config.yaml")
     write_text_atomic(folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
 
@@ -158,38 +190,53 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
                                                              seed=cfg.seed, steps=cfg.train.steps,
                                                              start=start_step))
 
-    def run_eval(split: str, step: int) -> dict[str, float]:
-        metrics = evaluate(model, eval_loaders[split], meters, device=device, amp=cfg.train.amp,
-                           progress=progress, description=f"{split} @ {step}")
-        tracker.log_metrics({f"{split}/{k}": v for k, v in metrics.items()}, step)
-        return metrics
+    def validate(step: int) -> None:
+        metrics = evaluate(model, eval_loaders["val"], meters, device=device, amp=cfg.train.amp,
+                           progress=progress, description=f"val @ {step}")
+        tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
+        if cfg.train.select == "best_val" and selection.improves(metrics):
+            selection.value, selection.step = metrics[selection.metric], step
+            save_checkpoint(best_path, {"model": model.state_dict(), "step": step, "value": selection.value})
 
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path, {
             "model": model.state_dict(), "weighting": weighting.state_dict(),
             "optimizer": optimizer.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
+            "best_value": selection.value, "best_step": selection.step,
             "run_id": tracker.run_id, "config": json.dumps(resolved), "mtbench_version": mtbench.__version__,
             "git_commit": tags[tracking.TAG_GIT_COMMIT]})
 
     try:
         fit(model, weighting, task_losses, train_loader, optimizer, cfg.train, device=device,
-            start_step=start_step, evaluate_fn=lambda step: run_eval("val", step), checkpoint_fn=checkpoint,
+            start_step=start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
             log_fn=tracker.log_metrics, progress=progress)
-        run_eval("val", cfg.train.steps)
-        test_metrics = run_eval("test", cfg.train.steps)
+        validate(cfg.train.steps)
+        tested_step = cfg.train.steps
+        if cfg.train.select == "best_val":
+            best = load_checkpoint(best_path)
+            model.load_state_dict(best["model"])
+            tested_step = int(best["step"])
+        test_metrics = evaluate(model, eval_loaders["test"], test_meters, device=device, amp=cfg.train.amp,
+                                progress=progress, description="test")
+        tracker.log_metrics({f"test/{k}": v for k, v in test_metrics.items()}, cfg.train.steps)
         for task, figure in prediction_grids(model, eval_loaders["val"], tasks, device=device).items():
             tracker.log_figure(figure, f"predictions/{task}.png")
         result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id,
-                             status="FINISHED", metrics=test_metrics,
-                             wall_time_s=time.time() - started)
-        tracker.log_metrics({"wall_time_s": result.wall_time_s}, cfg.train.steps)
-        tracker.log_dict({"split": "test", "checkpoint": "final", **test_metrics}, "final_metrics.json")
+                             status="FINISHED", metrics=test_metrics, wall_time_s=time.time() - started)
+        tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested_step}, cfg.train.steps)
+        tracker.log_dict({"split": "test", "checkpoint": cfg.train.select, "tested_step": tested_step,
+                          "select_metric": selection.metric, **test_metrics}, "final_metrics.json")
         write_text_atomic(folder / RESULT, json.dumps(asdict(result), indent=2))
         tracker.end("FINISHED")
     except BaseException as err:
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     return result
+
+
+def final_test_meters(tasks: tuple[str, ...], dataset: str) -> dict[str, Any]:
+    """Meters that only the final test evaluation runs because they are slow (boundary odsF)."""
+    return {}
 
 
 def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
@@ -204,5 +251,5 @@ def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path
 
 def clear_trial(cfg: TrialConfig) -> None:
     """Forget a trial's checkpoint and result so that it starts afresh (its MLflow run stays)."""
-    for name in (CHECKPOINT, RESULT):
+    for name in (CHECKPOINT, BEST, RESULT):
         (trial_dir(cfg) / name).unlink(missing_ok=True)
