@@ -69,7 +69,8 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder for the tables.")] = Path("reports"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI "
                                                           "or sqlite:///mlruns.db).")] = None,
-    reference: Annotated[str, typer.Option(help="Variant whose runs are the Δm reference.")] = "single_task",
+    reference: Annotated[str, typer.Option(help="Δm reference: a variant of the experiment, or "
+                                                "published:<row> (e.g. published:ATRC/nyud).")] = "single_task",
 ) -> None:
     """Write LaTeX, Markdown and CSV tables (mean ± std over seeds, Δm) from the MLflow runs."""
     from mtbench import tracking

@@ -18,7 +18,9 @@ import pandas as pd
 
 from mtbench.errors import MtbenchError
 from mtbench.metrics import delta_m
+from mtbench.metrics.seed_stats import summarize_seeds
 from mtbench.report.collect import TASK_ORDER, metric_columns
+from mtbench.report.published import PublishedRow
 from mtbench.tasks import get_task
 
 DASH_MD, DASH_TEX = "–", "--"
@@ -62,8 +64,13 @@ def _missing_detail(seeds: pd.DataFrame, metric: str) -> str:
                      for v, s in lacking)
 
 
-def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task") -> ResultTable:
-    """Aggregate one experiment's `collect.seed_results` rows into a ResultTable."""
+def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task",
+              published: PublishedRow | None = None) -> ResultTable:
+    """Aggregate one experiment's `collect.seed_results` rows into a ResultTable.
+
+    Δm is taken against the mean of the `reference_variant` runs, or against a `published` row
+    when one is given (then over the tasks that both the runs and the row report).
+    """
     experiment = str(seeds["experiment"].iloc[0])
     metrics = metric_columns(seeds)
     tasks = [t for t in TASK_ORDER if get_task(t).primary_metric in metrics]
@@ -76,15 +83,25 @@ def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task") -> Re
         summary[f"{m}_mean"] = groups[m].mean()
         summary[f"{m}_std"] = groups[m].std(ddof=1)
 
-    table = ResultTable(experiment, reference_variant, summary, metrics, tasks, delta_tasks=[])
+    for m in metrics:
+        intervals = groups[m].agg(lambda v: _interval(v.dropna()))
+        summary[f"{m}_ci95_low"] = [lo for lo, _ in intervals.reindex(summary.index)]
+        summary[f"{m}_ci95_high"] = [hi for _, hi in intervals.reindex(summary.index)]
+
+    label = f"{published.name} (published)" if published else reference_variant
+    table = ResultTable(experiment, label, summary, metrics, tasks, delta_tasks=[])
     reference = seeds[seeds["variant"] == reference_variant]
+    if published is not None:
+        reference = pd.DataFrame([published.metrics])
     if reference.empty:
         table.delta_missing = (f"the experiment has no FINISHED runs of the reference variant "
                                f"{reference_variant!r}; run it, or choose another reference variant")
     else:
         for t in tasks:
             metric = get_task(t).primary_metric
-            if seeds[metric].notna().all():
+            if metric not in reference.columns:
+                table.excluded[t] = f"{metric} is not in the reference {label}"
+            elif seeds[metric].notna().all():
                 table.delta_tasks.append(t)
             else:
                 table.excluded[t] = f"{metric} not logged by every run; missing for {_missing_detail(seeds, metric)}"
@@ -101,6 +118,9 @@ def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task") -> Re
                                                    tasks=table.delta_tasks), axis=1)
     summary["delta_m_mean"] = per_seed.groupby(seeds["variant"]).mean()
     summary["delta_m_std"] = per_seed.groupby(seeds["variant"]).std(ddof=1)
+    delta_intervals = per_seed.groupby(seeds["variant"]).agg(lambda v: _interval(v.dropna()))
+    summary["delta_m_ci95_low"] = [lo for lo, _ in delta_intervals.reindex(summary.index)]
+    summary["delta_m_ci95_high"] = [hi for _, hi in delta_intervals.reindex(summary.index)]
     summary["seeds"] = groups["seed"].agg(_fmt_seeds)
     summary["checkpoint"] = groups["checkpoint"].agg(_join_checkpoints)
     summary["run_ids"] = groups["run_ids"].agg(";".join)
@@ -113,6 +133,14 @@ def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task") -> Re
     if (summary["checkpoint"].str.contains(",")).any() or summary["checkpoint"].nunique() > 1:
         table.remarks.append("runs were tested on different checkpoints (final vs best_val); see results.csv")
     return table
+
+
+def _interval(values: pd.Series) -> tuple[float, float]:
+    """95% t-interval of per-seed values (NaN with fewer than 2 seeds)."""
+    if len(values) == 0:
+        return math.nan, math.nan
+    summary = summarize_seeds(values.tolist())
+    return summary.ci_low, summary.ci_high
 
 
 def _best(values: pd.Series, higher_is_better: bool, decimals: int) -> float | None:
@@ -163,9 +191,13 @@ def _delta_sentence(table: ResultTable) -> str:
     """Say what Δm covers (plain text; the caption and the Markdown notes share it)."""
     if table.delta_missing:
         return f"No Δm: {table.delta_missing}."
-    ref_n = int(table.summary.loc[table.reference, "n_seeds"])
-    text = (f"Δm (%): each seed run against the mean of {table.reference} ({ref_n} seed"
-            f"{'s' if ref_n > 1 else ''}) over {', '.join(table.delta_tasks)}; positive is better.")
+    if table.reference in table.summary.index:
+        ref_n = int(table.summary.loc[table.reference, "n_seeds"])
+        against = f"the mean of {table.reference} ({ref_n} seed{'s' if ref_n > 1 else ''})"
+    else:
+        against = table.reference
+    text = (f"Δm (%): each seed run against {against} over {', '.join(table.delta_tasks)}; positive is better. "
+            "95% t-intervals over seeds of every number are in results.csv.")
     if table.excluded:
         text += " Left out of Δm: " + "; ".join(f"{t} ({why})" for t, why in table.excluded.items()) + "."
     return text

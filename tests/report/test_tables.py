@@ -12,8 +12,10 @@ import pytest
 
 from mtbench import tracking
 from mtbench.errors import MtbenchError
+from mtbench.metrics import delta_m
 from mtbench.report import build_report
 from mtbench.report.collect import TASK_ORDER
+from mtbench.report.published import published_row
 from mtbench.report.tables import latex_escape
 from mtbench.tasks import TASK_NAMES
 from mtbench.tracking import Tracker
@@ -112,7 +114,8 @@ def test_markdown_table_and_notes(nyud: Path) -> None:
             "| **+6.45 ± 1.47** |") in md
     assert "| mtl_base | 1 | 41.00 | 0.6200 | 21.00 | – | 0.00 |" in md
     assert ("Δm (%): each seed run against the mean of single_task (2 seeds) over semseg, depth, normals; "
-            "positive is better. Left out of Δm: edge (edge/odsF not logged by every run; missing for mtl_base "
+            "positive is better. 95% t-intervals over seeds of every number are in results.csv. "
+            "Left out of Δm: edge (edge/odsF not logged by every run; missing for mtl_base "
             "(seed 0); single_task (seeds 0, 1)).") in md
 
 
@@ -186,3 +189,34 @@ def test_standalone_latex_compiles(nyud: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "Overfull" not in proc.stdout
     assert (tmp_path / "results_standalone.pdf").stat().st_size > 0
+
+
+def test_csv_has_95_percent_t_intervals(nyud: Path) -> None:
+    df = pd.read_csv(nyud / "results.csv").set_index("variant")
+    # demt semseg/mIoU seeds 44, 46, 45: mean 45, std 1, t_{0.975, 2} = 4.302653 → half width 4.302653 / sqrt 3
+    half = 4.302653 / math.sqrt(3)
+    assert df.loc["demt", "semseg/mIoU_ci95_low"] == pytest.approx(45 - half, rel=1e-6)
+    assert df.loc["demt", "semseg/mIoU_ci95_high"] == pytest.approx(45 + half, rel=1e-6)
+    deltas = pd.Series([DELTA[("demt", s)] for s in (0, 1, 2)])
+    delta_half = 4.302653 * deltas.std(ddof=1) / math.sqrt(3)
+    assert df.loc["demt", "delta_m_ci95_high"] == pytest.approx(deltas.mean() + delta_half, rel=1e-6)
+    assert math.isnan(df.loc["mtl_base", "semseg/mIoU_ci95_low"])  # one seed: no interval
+
+
+def test_delta_m_against_a_published_row(uri: str, tmp_path: Path) -> None:
+    # ATRC/nyud published: mIoU 46.33, rmse 0.5363, normals 20.18, odsF 77.94. demt seed 0 (44, 0.58, 20, 70):
+    # (100/4) [ -2.33/46.33 - 0.0437/0.5363 + 0.18/20.18 - 7.94/77.94 ]
+    #   = 25 [ -0.0502914 - 0.0814843 + 0.0089197 - 0.1018732 ] = 25 (-0.2247292) = -5.61823
+    atrc = published_row("ATRC/nyud")
+    assert delta_m(NYUD[("demt", 0)], atrc.metrics, tasks=["semseg", "depth", "normals", "edge"]) == \
+        pytest.approx(-5.61823, abs=1e-5)
+    build_report(uri, "nyud_abl", out_dir=tmp_path, reference_variant="published:ATRC/nyud")
+    df = pd.read_csv(tmp_path / "nyud_abl" / "results.csv").set_index("variant")
+    # edge/odsF is missing for single_task and mtl_base, so Δm covers semseg, depth, normals only:
+    seeds = [(44, 0.58, 20), (46, 0.60, 21), (45, 0.59, 19)]
+    by_hand = [100 / 3 * ((m - 46.33) / 46.33 - (r - 0.5363) / 0.5363 - (n - 20.18) / 20.18) for m, r, n in seeds]
+    assert df.loc["demt", "delta_m_mean"] == pytest.approx(sum(by_hand) / 3, rel=1e-9)
+    md = (tmp_path / "nyud_abl" / "results.md").read_text()
+    assert "against ATRC/nyud (published) over semseg, depth, normals" in md
+    with pytest.raises(MtbenchError, match="no published row 'ATRC/nyudv2'. Did you mean 'ATRC/nyud'"):
+        build_report(uri, "nyud_abl", out_dir=tmp_path, reference_variant="published:ATRC/nyudv2")
