@@ -81,7 +81,7 @@ def compare_paired(a: Mapping[int, float], b: Mapping[int, float], *, higher_is_
     sign = 1.0 if higher_is_better else -1.0
     diffs = [sign * (float(a[s]) - float(b[s])) for s in seeds]
     summary = summarize_seeds(diffs, confidence)
-    if summary.std == 0:
+    if summary.std <= 1e-12 * max(1.0, abs(summary.mean)):  # identical differences: t is undefined
         p = 0.0 if summary.mean != 0 else 1.0
     else:
         p = float(stats.ttest_1samp(diffs, 0.0).pvalue)
