@@ -1,4 +1,8 @@
-"""The Meter interface: reset / update / compute over a split, with a state that processes can merge."""
+"""The Meter interface: reset / update / compute over a split, with a state that processes can merge.
+
+Metric names are `task/metric` for a reference definition and `task/metric-variant` for a named variant
+(`variant_metric_name`); see the package docstring of `mtbench.metrics`.
+"""
 
 from __future__ import annotations
 
@@ -10,20 +14,39 @@ from torch import Tensor
 
 from mtbench.errors import MtbenchError
 
+# Joins a metric key and the variant that computed it: `sal/maxF-invpt`. No task, metric or variant name
+# holds a dash, so the split is unambiguous, and MLflow accepts it in metric names on every OS (it refuses
+# `@`, and `:` on Windows).
+VARIANT_SEPARATOR = "-"
+
+
+def variant_metric_name(key: str, variant: str | None) -> str:
+    """Return the logged name of metric `key` ('task/metric') as computed by `variant` (None = reference)."""
+    return key if variant is None else f"{key}{VARIANT_SEPARATOR}{variant}"
+
+
+def split_metric_name(name: str) -> tuple[str, str | None]:
+    """Return (key, variant) of a logged metric name: 'sal/maxF-invpt' → ('sal/maxF', 'invpt')."""
+    key, sep, variant = name.partition(VARIANT_SEPARATOR)
+    return (key, variant) if sep else (key, None)
+
 
 class Meter(ABC):
     """Accumulate one task's sufficient statistics over a split, then compute its metrics.
 
     `update(pred, target)` takes the model's raw (B, C, H, W) output for the task and the batch's label in
     the Sample conventions; it runs vectorised on the prediction's device, where the state lives.
-    `compute()` returns floats keyed `task/metric`. The state is a dict of tensors
+    `compute()` returns floats keyed `task/metric`, suffixed `-<metric_variant>` when the meter computes
+    a named variant rather than the reference definition (an alias of the reference, such as sal's
+    `atrc`, keeps the plain names). The state is a dict of tensors
     (`state_tensors()`): across processes, every entry is summed (`all_reduce`), except those named in
     `concat_states`, which are concatenated along dim 0 (`all_gather`); `load_state_tensors()` puts the
     merged state back before `compute()`.
     """
 
     task: str
-    variant: str = "reference"
+    variant: str = "reference"  # the name the meter was built under (build_meter sets it)
+    metric_variant: str | None = None  # the variant named in the metric keys; None for the reference
     concat_states: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
@@ -50,12 +73,12 @@ class Meter(ABC):
         """Return how many valid pixels the state holds."""
 
     def compute(self) -> dict[str, float]:
-        """Return the metrics of everything seen since the last reset, keyed `task/metric`."""
+        """Return the metrics of everything seen since the last reset, keyed `task/metric[-variant]`."""
         state = self.state_tensors()
         if self._count(state) == 0:
             raise MtbenchError(f"{self.task} meter: no valid pixel was seen since the last reset, so its "
                                f"metrics are undefined; check that the split has {self.task} labels.")
-        return self._compute(state)
+        return {variant_metric_name(k, self.metric_variant): v for k, v in self._compute(state).items()}
 
     def state_tensors(self) -> dict[str, Tensor]:
         """Return the live state tensors (an in-place all_reduce on them updates the meter)."""
@@ -79,8 +102,20 @@ class Meter(ABC):
         return self._state
 
 
-def check_finite(task: str, pred: Tensor) -> None:
-    """Raise MtbenchError if the prediction holds NaN or inf (one device sync)."""
-    if not bool(torch.isfinite(pred).all()):
-        raise MtbenchError(f"{task}: the prediction contains NaN or inf values; the model diverged or its "
-                           f"output is broken, so the metrics would be meaningless.")
+def all_finite(x: Tensor) -> bool:
+    """Return whether `x` holds no NaN or inf (one device sync).
+
+    A sum is NaN or ±inf whenever an element is, and is much cheaper than `isfinite(x).all()`, which
+    materialises a bool per element (on CPU it cost more than the argmax of a 40-class prediction).
+    A float32 sum can overflow on huge finite values, so a non-finite sum is confirmed element-wise.
+    """
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
+def check_finite(task: str, pred: Tensor, name: str = "prediction") -> None:
+    """Raise MtbenchError naming the task and the tensor if `pred` holds NaN or inf."""
+    if not all_finite(pred):
+        hint = ("the model diverged or its output is broken" if name == "prediction"
+                else "invalid pixels must use the task's ignore value, not NaN")
+        raise MtbenchError(f"{task}: the {name} contains NaN or inf values; {hint}, so the metrics would be "
+                           f"meaningless.")

@@ -1,4 +1,26 @@
-"""Saliency maxF pooled over the split (the reference is PROTOCOLS.md's `atrc` definition)."""
+"""Saliency maxF (and MTI-Net's mIoU): three published, incompatible definitions, each by name.
+
+Variants (PROTOCOLS.md "Metrics"); p is the foreground probability (`saliency_probability`):
+- reference = `atrc` (an explicit alias): thresholds t = 0.05..0.95 step 0.05, positive if p >= t,
+  TP / predicted / actual positives pooled over the split, F with β² = 0.3, max over t
+  (brdav/atrc: src/data/metrics.py::MaxF; DeMT uses the same file).
+- `invpt`: the same, but p goes through a sigmoid a second time, so it lies in [0.5, 0.731]: every
+  threshold <= 0.5 marks all pixels positive and every one >= 0.75 none (InvPT's online meter receives
+  `softmax[:, 1] * 255` from InvPT/utils/utils.py::get_output and applies `torch.sigmoid(preds / 255)`,
+  prismformore/Multi-Task-Transformer: InvPT/evaluation/eval_sal.py::SaliencyMeter.update). Bug-compatible
+  only; it under-reports.
+- `mtinet`: per image, thresholds np.linspace(0.2, 0.9, 15), positive if p > t; precision, recall and IoU
+  per image, averaged over images per threshold, F with β = 1 on the mean precision and mean recall, max
+  over t; plus `sal/mIoU-mtinet` = max over t of the mean IoU
+  (SimonVandenhende/Multi-Task-Learning-PyTorch: evaluation/eval_sal.py::SaliencyMeter,
+  evaluation/jaccard.py::jaccard, ::precision_recall). Ignored pixels (255) are void there (MTI-Net's own
+  call passes no void mask, so its 255s would count as foreground; its resized inputs hold none). This is
+  MTI-Net's online meter on float p; its offline `eval_sal` scores p saved as an 8-bit PNG (truncated to
+  k/255), which this variant does not reproduce.
+
+Every meter here reads p as float32 and compares it with float32 thresholds, as the reference code does,
+up to float32 rounding of p itself (e.g. InvPT's `· 255 / 255` round trip is not repeated).
+"""
 
 from __future__ import annotations
 
@@ -13,17 +35,44 @@ from mtbench.tasks import get_task
 
 BETA_SQUARED = 0.3
 NUM_THRESHOLDS = 19  # 0.05, 0.10, ..., 0.95
+NUM_MTINET_THRESHOLDS = 15  # 0.20, 0.25, ..., 0.90
+# MTI-Net's precision, recall and F denominators carry this epsilon (evaluation/jaccard.py, eval_sal.py).
+MTINET_EPS = 1e-12
 
 
 def thresholds(device: torch.device | None = None) -> Tensor:
-    """Return the 19 float32 thresholds k/20, k = 1..19 (ATRC: torch.arange(0.05, 1, 0.05))."""
-    return (torch.arange(1, NUM_THRESHOLDS + 1, dtype=torch.float64) / 20).to(torch.float32).to(device)
+    """Return ATRC's 19 float32 thresholds, exactly `torch.arange(0.05, 1, 0.05)` as its MaxF builds them.
+
+    They are not all k/20 rounded to float32: the 12th is 0.59999996, not 0.6000000238.
+    """
+    return torch.arange(0.05, 1, 0.05, dtype=torch.float32).to(device)
+
+
+def mtinet_thresholds(device: torch.device | None = None) -> Tensor:
+    """Return MTI-Net's 15 thresholds np.linspace(0.2, 0.9, 15) = k/20, k = 4..18, as float32.
+
+    float32 because `float32_tensor > numpy_float64_scalar` compares in float32 in PyTorch.
+    """
+    return (torch.arange(4, 19, dtype=torch.float64) / 20).to(torch.float32).to(device)
+
+
+def count_thresholds(prob: Tensor, table: Tensor, *, strict: bool) -> Tensor:
+    """Return, per element of `prob`, how many thresholds of `table` lie below it (t < p when `strict`,
+    else t <= p), as uint8: `torch.bucketize(prob, table, right=not strict)`, 2-3x faster on CPU for 15-19
+    thresholds (one compare per threshold beats its binary search there). Comparing float32 `prob` with a
+    threshold compares in float32, exactly as the reference meters' `preds >= thresh`.
+    """
+    count = torch.zeros(prob.shape, dtype=torch.uint8, device=prob.device)
+    above = torch.gt if strict else torch.ge
+    for t in table.tolist():
+        count += above(prob, t)
+    return count
 
 
 def saliency_probability(pred: Tensor) -> Tensor:
     """Return the (B, H, W) foreground probability: sigmoid of 1 channel, softmax[:, 1] of 2."""
     pred = pred.float()
-    return torch.sigmoid(pred[:, 0]) if pred.shape[1] == 1 else torch.softmax(pred, dim=1)[:, 1]
+    return torch.sigmoid(pred[:, 0]) if pred.shape[1] == 1 else torch.softmax(pred, dim=1)[:, 1].contiguous()
 
 
 def max_f(tp: Tensor, pp: Tensor, ap: Tensor, beta_squared: float = BETA_SQUARED) -> float:
@@ -39,16 +88,44 @@ def max_f(tp: Tensor, pp: Tensor, ap: Tensor, beta_squared: float = BETA_SQUARED
     return float(torch.nan_to_num(f, nan=0.0).max())
 
 
+def _check(pred: Tensor, target: Tensor) -> None:
+    check_task_tensors("sal", pred, target, channels=(1, 2))
+    check_finite("sal", pred)
+    low, high = (int(v) for v in torch.aminmax(target))
+    if low < 0 or high > IGNORE_INDEX:
+        _bad_target()
+
+
+def _bad_target() -> None:
+    raise MtbenchError(f"sal: the target must hold 0, 1 or {IGNORE_INDEX}; it holds other values.")
+
+
+def _histogram(index: Tensor, rows: int, bins: int) -> Tensor:
+    """Return the (rows, 2, bins) counts of `index` = (row · 256 + target) · bins + level; targets 2..254
+    are refused and 255 (ignored) dropped. One bincount, and no valid mask is materialised."""
+    counts = torch.bincount(index.view(-1), minlength=rows * (IGNORE_INDEX + 1) * bins)
+    counts = counts.view(rows, IGNORE_INDEX + 1, bins)
+    if bool(counts[:, 2:IGNORE_INDEX].any()):
+        _bad_target()
+    return counts[:, :2]
+
+
 class SaliencyMeter(Meter):
     """`sal/maxF` in percent: TP, predicted and actual positives per threshold, pooled over the split.
 
-    p = sigmoid (1 channel) or softmax[:, 1] (2 channels); a valid pixel (target != 255) is predicted
-    positive at threshold t when p >= t, for t = 0.05..0.95 step 0.05; β² = 0.3 (ATRC's `MaxF`). The
-    state is one (2, 20) histogram of [target, number of thresholds <= p], filled with one bincount;
-    TP/PP at each threshold are its tail sums.
+    p = sigmoid (1 channel) or softmax[:, 1] (2 channels), passed through a second sigmoid when
+    `double_sigmoid` (the `invpt` variant); a valid pixel (target != 255) is predicted positive at
+    threshold t when p >= t, for ATRC's t = 0.05..0.95 step 0.05; β² = 0.3 (ATRC's `MaxF`). The state is
+    one (2, 20) histogram of [target, number of thresholds <= p], filled with one bincount; TP/PP at each
+    threshold are its tail sums.
     """
 
     task = "sal"
+
+    def __init__(self, *, double_sigmoid: bool = False, metric_variant: str | None = None) -> None:
+        super().__init__()
+        self.double_sigmoid = double_sigmoid
+        self.metric_variant = metric_variant
 
     def _empty_state(self, device: torch.device) -> dict[str, Tensor]:
         return {"histogram": torch.zeros(2, NUM_THRESHOLDS + 1, dtype=torch.long, device=device)}
@@ -58,18 +135,15 @@ class SaliencyMeter(Meter):
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        check_task_tensors(self.task, pred, target, channels=(1, 2))
-        check_finite(self.task, pred)
-        valid = target != IGNORE_INDEX
-        if bool((valid & (target != 0) & (target != 1)).any()):
-            raise MtbenchError(f"sal: the target must hold 0, 1 or {IGNORE_INDEX}; it holds other values.")
+        _check(pred, target)
         prob = saliency_probability(pred)
+        if self.double_sigmoid:
+            prob = torch.sigmoid(prob)
         # level = number of thresholds t with t <= p, so p >= t_k  <=>  level >= k (k = 1..19).
-        level = torch.bucketize(prob, thresholds(prob.device), right=True)
+        level = count_thresholds(prob, thresholds(), strict=False)
         bins = NUM_THRESHOLDS + 1
-        index = torch.where(valid, target.long() * bins + level, 2 * bins)
-        counts = torch.bincount(index.flatten(), minlength=2 * bins + 1)[: 2 * bins]
-        self._state_on(pred.device)["histogram"] += counts.view(2, bins)
+        counts = _histogram(target.long() * bins + level, 1, bins)
+        self._state_on(pred.device)["histogram"] += counts[0]
 
     def _compute(self, state: dict[str, Tensor]) -> dict[str, float]:
         hist = state["histogram"]
@@ -80,9 +154,82 @@ class SaliencyMeter(Meter):
         return {"sal/maxF": 100.0 * max_f(tp, pp, ap)}
 
 
-@METERS.register("sal")
-def sal(*, dataset: str | None) -> SaliencyMeter:
-    """Reference saliency meter: PROTOCOLS.md's `atrc` maxF (pooled, 19 thresholds, β² = 0.3)."""
+class PerImageSaliencyMeter(Meter):
+    """MTI-Net's saliency meter: per-image precision, recall and IoU at 15 thresholds, averaged over images.
+
+    For image i and threshold t (positive if p > t, over its valid pixels): P = TP / (TP + FP + 1e-12),
+    R = TP / (TP + FN + 1e-12), IoU = TP / |gt ∪ pred|, or 1 when both are empty. Then
+    `sal/maxF-mtinet` = max_t 2·mP·mR / (mP + mR + 1e-12) and `sal/mIoU-mtinet` = max_t mIoU, where m is
+    the mean over images; both in percent. An image without valid pixels is left out. The state is the
+    per-threshold sums of P, R and IoU over images plus the image count, so processes add up.
+    Example (t = 0.5 only): image 1 has 1 of 1 foreground pixel found and no false positive (P = R = 1);
+    image 2 has no foreground pixel and one false positive (P = R = 0) → mP = mR = 1/2, F = 1/2, whereas
+    pooling both images gives P = 1/2, R = 1.
+    """
+
+    task = "sal"
+    metric_variant = "mtinet"
+
+    def _empty_state(self, device: torch.device) -> dict[str, Tensor]:
+        sums = {k: torch.zeros(NUM_MTINET_THRESHOLDS, dtype=torch.float64, device=device)
+                for k in ("precision_sum", "recall_sum", "iou_sum")}
+        return {**sums, "images": torch.zeros((), dtype=torch.long, device=device)}
+
+    def _count(self, state: dict[str, Tensor]) -> int:
+        return int(state["images"])
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        _check(pred, target)
+        prob = saliency_probability(pred)
+        b = prob.shape[0]
+        # level = number of thresholds t with t < p, so p > t_k  <=>  level >= k (k = 1..15).
+        level = count_thresholds(prob, mtinet_thresholds(), strict=True)
+        bins = NUM_MTINET_THRESHOLDS + 1
+        # One bincount of [image, target, level] for the whole batch.
+        image = torch.arange(b, device=prob.device).view(b, 1, 1) * (IGNORE_INDEX + 1)
+        hist = _histogram((image + target.long()) * bins + level, b, bins)
+        seen = hist.sum(dim=(1, 2)) > 0
+        hist = hist[seen].double()
+        tail = hist.flip(-1).cumsum(-1).flip(-1)[..., 1:]  # (n, 2, 15): pixels of each class with p > t
+        tp, fp = tail[:, 1], tail[:, 0]
+        ap = hist[:, 1].sum(-1, keepdim=True)  # (n, 1) foreground pixels per image
+        union = ap + fp
+        state = self._state_on(pred.device)
+        state["precision_sum"] += (tp / (tp + fp + MTINET_EPS)).sum(0)
+        state["recall_sum"] += (tp / (ap + MTINET_EPS)).sum(0)
+        state["iou_sum"] += torch.where(union > 0, tp / union.clamp(min=1), 1.0).sum(0)
+        state["images"] += seen.sum()
+
+    def _compute(self, state: dict[str, Tensor]) -> dict[str, float]:
+        n = float(state["images"])
+        mp, mr = state["precision_sum"] / n, state["recall_sum"] / n
+        f = 2 * mp * mr / (mp + mr + MTINET_EPS)
+        return {"sal/maxF": 100.0 * float(f.max()), "sal/mIoU": 100.0 * float((state["iou_sum"] / n).max())}
+
+
+def _check_dataset(dataset: str | None) -> None:
     if dataset is not None:
         get_task("sal").num_outputs(dataset)
+
+
+@METERS.register("sal")
+@METERS.register("sal:atrc")
+def sal(*, dataset: str | None) -> SaliencyMeter:
+    """Reference saliency meter, also named `atrc`: pooled maxF, 19 thresholds p >= t, β² = 0.3."""
+    _check_dataset(dataset)
     return SaliencyMeter()
+
+
+@METERS.register("sal:invpt")
+def sal_invpt(*, dataset: str | None) -> SaliencyMeter:
+    """InvPT's saliency meter, bug-compatible: ATRC's maxF on sigmoid(p), a second sigmoid."""
+    _check_dataset(dataset)
+    return SaliencyMeter(double_sigmoid=True, metric_variant="invpt")
+
+
+@METERS.register("sal:mtinet")
+def sal_mtinet(*, dataset: str | None) -> PerImageSaliencyMeter:
+    """MTI-Net's saliency meter: per-image maxF (β = 1, 15 thresholds p > t) and mIoU."""
+    _check_dataset(dataset)
+    return PerImageSaliencyMeter()
