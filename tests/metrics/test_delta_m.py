@@ -62,3 +62,23 @@ def test_aggregate_seeds() -> None:
     assert one["mean"] == 5.0 and math.isnan(one["std"]) and one["n"] == 1
     with pytest.raises(MtbenchError, match="at least one value"):
         aggregate_seeds([])
+
+
+def test_libmtl_variant_averages_all_metrics_of_a_task_first():
+    results = {"semseg/mIoU": 40.0, "depth/rmse": 0.60, "depth/abs_rel": 0.20, "edge/loss_bce": 9.0}
+    reference = {"semseg/mIoU": 38.0, "depth/rmse": 0.62, "depth/abs_rel": 0.16, "edge/loss_bce": 1.0}
+    # semseg: +2/38 = +0.0526316; depth: (+0.02/0.62 - 0.04/0.16) / 2 = (0.0322581 - 0.25) / 2 = -0.1088710
+    # Δm = 100/2 (0.0526316 - 0.1088710) = -2.81197
+    assert delta_m(results, reference, tasks=["semseg", "depth"], variant="libmtl") == pytest.approx(-2.81197,
+                                                                                                    abs=1e-5)
+    # the default (mtl) uses only the primary metric of each task: +4.2445 (docstring example)
+    assert delta_m(results, reference, tasks=["semseg", "depth"]) == pytest.approx(4.24448, abs=1e-5)
+    # explicit metric lists, and a variant metric name keeps its base metric's direction
+    results["sal/maxF-invpt"], reference["sal/maxF-invpt"] = 60.0, 50.0
+    assert delta_m(results, reference, tasks=["sal"], metrics={"sal": ["sal/maxF-invpt"]},
+                   variant="libmtl") == pytest.approx(20.0)
+
+
+def test_unknown_delta_m_variant():
+    with pytest.raises(MtbenchError, match="unknown Δm variant 'lib'"):
+        delta_m({}, {}, tasks=["semseg"], variant="lib")
