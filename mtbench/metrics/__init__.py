@@ -32,7 +32,7 @@ __all__ = ["METRIC_DIRECTIONS", "Meter", "aggregate_seeds", "build_meter", "delt
 REFERENCE = "reference"
 
 # Metrics that only named variants report (delta_m.py lists those of the reference meters).
-METRIC_DIRECTIONS.update({"sal/mIoU": True, "depth/abs_err": False})
+METRIC_DIRECTIONS.update({"sal/mIoU": True, "depth/abs_err": False, "edge/oisF": True, "edge/AP": True})
 
 
 def _add_variant_directions() -> None:

@@ -1,15 +1,29 @@
-"""The edge loss proxy logged during training: balanced BCE over the split. It is a loss, never odsF."""
+"""Edge meters: the balanced-BCE loss proxy logged during training (a loss, never odsF) and the boundary
+F-measures odsF / oisF / AP of the SEISM protocol (`mtbench.metrics.boundary`), for the final evaluation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+
+import numpy as np
 import torch
 from torch import Tensor
 
 from mtbench.errors import MtbenchError
-from mtbench.losses import DEFAULT_EDGE_POS_WEIGHT, balanced_bce_sum, check_task_tensors
+from mtbench.losses import DEFAULT_EDGE_POS_WEIGHT, IGNORE_INDEX, balanced_bce_sum, check_task_tensors
+from mtbench.metrics.boundary import (
+    MAX_DIST,
+    NMS_THRESHOLDS,
+    RAW_THRESHOLDS,
+    BoundaryProtocol,
+    image_counts,
+    scores_from_counts,
+    worker_pool,
+)
 from mtbench.metrics.meter import Meter, check_finite
 from mtbench.registry import METERS
-from mtbench.tasks import get_task
+from mtbench.tasks import DATASET_FAMILY, get_task
 
 
 class EdgeLossMeter(Meter):
@@ -56,3 +70,154 @@ def edge(*, dataset: str | None, pos_weight: float = DEFAULT_EDGE_POS_WEIGHT) ->
     if dataset is not None:
         get_task("edge").num_outputs(dataset)
     return EdgeLossMeter(pos_weight)
+
+
+class BoundaryMeter(Meter):
+    """`edge/odsF`, `edge/oisF`, `edge/AP` (percent; `suffix` appended, e.g. `-odsf_raw`) with the SEISM protocol.
+
+    `update(pred, target)`: pred (B, 1, H, W) logits (scored as sigmoid probabilities), target (B, 1, H, W)
+    float in {0, 1} with 255 = ignore; each image is cropped to its non-ignored box (the image before
+    padding). The state is one row of counts (cntR, sumR, cntP, sumP) per threshold and image,
+    `counts` (N, T, 4) int64 on the CPU (an image whose pixels are all ignored adds no row), concatenated
+    across processes: summing its rows gives odsF and AP, each row's best threshold gives oisF. With
+    `num_workers` > 0, update() hands images to that many worker processes ('spawn') and returns; the
+    counts are collected, and the workers stopped, when the state is read (`state_tensors`, `compute`).
+
+    A meter sees tensors only, so it cannot pick an image subset by id: to score PASCAL-Context `test_new`,
+    evaluate a loader over those images (ids from `mtbench.data.edge_sets.edge_eval_ids`), or keep
+    `counts`, whose rows follow the order of update() calls, and select rows before `scores_from_counts`.
+    """
+
+    task = "edge"
+    concat_states = frozenset({"counts"})
+
+    def __init__(self, protocol: BoundaryProtocol, *, num_workers: int = 0, suffix: str = "") -> None:
+        super().__init__()
+        if num_workers < 0:
+            raise MtbenchError(f"edge meter: num_workers must be >= 0; got {num_workers}.")
+        self.protocol = protocol
+        self.num_workers = int(num_workers)
+        self.suffix = suffix
+        self._rows: list[np.ndarray] = []
+        self._pending: list[Future] = []
+        self._pool: ProcessPoolExecutor | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        self._rows = []
+        self._stop_workers()
+
+    def _stop_workers(self) -> None:
+        for job in self._pending:
+            job.cancel()
+        self._pending = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _empty_state(self, device: torch.device) -> dict[str, Tensor]:
+        return {"counts": torch.zeros((0, len(self.protocol.thresholds), 4), dtype=torch.long)}
+
+    def _count(self, state: dict[str, Tensor]) -> int:
+        return int(state["counts"].shape[0])
+
+    def _collect(self, block: bool) -> None:
+        """Move finished jobs (all of them when `block`) into the rows, keeping update order."""
+        while self._pending and (block or self._pending[0].done()):
+            counts = self._pending.pop(0).result()
+            if counts is not None:
+                self._rows.append(counts)
+
+    def state_tensors(self) -> dict[str, Tensor]:
+        state = super().state_tensors()
+        self._collect(block=True)
+        if self._pool is not None:  # no idle worker processes between evaluations
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._rows:
+            new = torch.from_numpy(np.stack(self._rows))
+            state["counts"] = torch.cat([state["counts"], new])
+            self._rows = []
+        return state
+
+    def load_state_tensors(self, state: dict[str, Tensor]) -> None:
+        self._stop_workers()
+        self._rows = []
+        counts = state.get("counts")
+        if counts is not None and (counts.dim() != 3 or counts.shape[1:] != (len(self.protocol.thresholds), 4)):
+            raise ValueError(f"edge meter state 'counts' must have shape (N, {len(self.protocol.thresholds)}, 4); "
+                             f"got {tuple(counts.shape)}")
+        super().load_state_tensors(state)
+
+    @torch.no_grad()
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        check_task_tensors(self.task, pred, target, channels=1)
+        check_finite(self.task, pred)
+        labels = target.detach()
+        bad = (labels != 0) & (labels != 1) & (labels != IGNORE_INDEX)
+        if bool(bad.any()):
+            raise MtbenchError(f"edge: the target must hold 0, 1 or {IGNORE_INDEX} (ignore); got "
+                               f"{labels[bad].flatten()[0].item()!r}.")
+        probs = torch.sigmoid(pred.detach().float())[:, 0].cpu().numpy()
+        gts = labels[:, 0].to(torch.uint8).cpu().numpy()
+        for prob, gt in zip(probs, gts, strict=True):
+            if self.num_workers == 0:
+                counts = image_counts(prob, gt, self.protocol)
+                if counts is not None:
+                    self._rows.append(counts)
+                continue
+            if self._pool is None:
+                self._pool = worker_pool(self.num_workers)
+            self._pending.append(self._pool.submit(image_counts, prob, gt, self.protocol))
+            self._collect(block=False)
+            while len(self._pending) > 4 * self.num_workers:  # bound the images waiting in memory
+                self._pending[0].result()
+                self._collect(block=False)
+
+    def _compute(self, state: dict[str, Tensor]) -> dict[str, float]:
+        scores = scores_from_counts(state["counts"].cpu().numpy(), self.protocol.thresholds)
+        return {f"edge/{name}{self.suffix}": scores[name] for name in ("odsF", "oisF", "AP")}
+
+
+def _boundary_meter(dataset: str | None, *, thresholds: Sequence[float], nms: bool, quantize: bool,
+                    max_dist: float | None, thin_gt: bool, gt_as_segmentation: bool | None, num_workers: int,
+                    suffix: str) -> BoundaryMeter:
+    family = None
+    if dataset is not None:
+        get_task("edge").num_outputs(dataset)
+        family = DATASET_FAMILY[dataset]
+    if max_dist is None:
+        if family is None:
+            raise MtbenchError("edge odsF meter: give `dataset` (its family sets maxDist: "
+                               f"{', '.join(f'{k} {v}' for k, v in MAX_DIST.items())}) or `max_dist`.")
+        max_dist = MAX_DIST[family]
+    if gt_as_segmentation is None:  # SEISM reads NYUD's edge PNG as a label map (see boundary.py)
+        gt_as_segmentation = family == "nyud"
+    protocol = BoundaryProtocol(max_dist=float(max_dist), thresholds=tuple(thresholds), nms=nms,
+                                quantize=quantize, thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation)
+    return BoundaryMeter(protocol, num_workers=num_workers, suffix=suffix)
+
+
+@METERS.register("edge:odsf_nms")
+def edge_odsf_nms(*, dataset: str | None, num_workers: int = 0, max_dist: float | None = None,
+                  quantize: bool = True, thin_gt: bool = True,
+                  gt_as_segmentation: bool | None = None) -> BoundaryMeter:
+    """Published SEISM protocol: 8-bit map, NMS, 101 thresholds; logs `edge/odsF`, `edge/oisF`, `edge/AP`.
+
+    maxDist from the dataset family (NYUD 0.011, PASCAL-Context 0.0075) unless `max_dist` is given;
+    `gt_as_segmentation` defaults to SEISM's choice (True on NYUD, False on PASCAL-Context).
+    """
+    return _boundary_meter(dataset, thresholds=NMS_THRESHOLDS, nms=True, quantize=quantize, max_dist=max_dist,
+                           thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation, num_workers=num_workers,
+                           suffix="")
+
+
+@METERS.register("edge:odsf_raw")
+def edge_odsf_raw(*, dataset: str | None, num_workers: int = 0, max_dist: float | None = None,
+                  quantize: bool = False, thin_gt: bool = True,
+                  gt_as_segmentation: bool | None = None) -> BoundaryMeter:
+    """Raw-map protocol: 99 thresholds 0.01..0.99 on the probabilities, no NMS; logs `edge/odsF-odsf_raw`,
+    `edge/oisF-odsf_raw`, `edge/AP-odsf_raw`. Options as `edge:odsf_nms`."""
+    return _boundary_meter(dataset, thresholds=RAW_THRESHOLDS, nms=False, quantize=quantize, max_dist=max_dist,
+                           thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation, num_workers=num_workers,
+                           suffix="-odsf_raw")
