@@ -16,7 +16,8 @@ from mtbench.errors import MtbenchError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and ablation harness for multi-task dense prediction.")
-console = Console()
+# Piped output (CI logs, files) gets a wide console so that metric columns are not cut to "…".
+console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True)
 
 
@@ -106,6 +107,43 @@ def list_entries() -> None:
     for name in METERS:
         table.add_row("metric variant", name, (METERS.get(name).__doc__ or "").strip().splitlines()[0])
     console.print(table)
+
+
+@app.command()
+def flops(
+    model: Annotated[str, typer.Argument(help="Registered model name, e.g. demt.")],
+    backbone: Annotated[str, typer.Option(help="Registered backbone name.")] = "swin_tiny",
+    dataset: Annotated[str, typer.Option(help="Dataset whose tasks the model predicts.")] = "nyud",
+    input_size: Annotated[str, typer.Option(help="Input height x width, e.g. 448x576.")] = "448x576",
+    option: Annotated[list[str] | None, typer.Option("--option", help="Model option key=value (repeatable).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON.")] = False,
+) -> None:
+    """Count parameters (per component) and fvcore GFLOPs of a model at batch 1 and a stated input size."""
+    import json
+
+    from mtbench.config.loading import parse_override
+    from mtbench.profiling import flops_report
+
+    try:
+        height, width = (int(v) for v in input_size.lower().split("x"))
+    except ValueError:
+        raise MtbenchError(f"--input-size {input_size!r} must look like HEIGHTxWIDTH, e.g. 448x576.") from None
+    options = dict(parse_override(text) for text in option or [])
+    report = flops_report(model, backbone=backbone, dataset=dataset, input_size=(height, width), options=options)
+    if as_json:
+        console.print_json(json.dumps(report))
+        return
+    table = Table(title=f"{model} / {backbone} / {dataset} at {report['input_size']}, batch 1")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for part, count in report["params"].items():
+        table.add_row(f"params {part}", f"{count / 1e6:.3f} M")
+    table.add_row("GFLOPs", f"{report['gflops']:.2f}")
+    console.print(table)
+    console.print(f"Convention: {report['convention']}")
+    if report.get("uncounted_ops"):
+        console.print(f"Not counted (no handle): {report['uncounted_ops']}")
 
 
 @app.command()

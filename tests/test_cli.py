@@ -192,3 +192,13 @@ def test_best_val_selection_is_recorded(tmp_path):
     assert (folder / "best.pt").is_file()
     bad = run_cli("run", str(exp), "-o", "train.select_metric=depth/rmsee", cwd=tmp_path)
     assert_clean_error(bad, "train.select_metric", "Did you mean 'depth/rmse'")
+
+
+def test_flops_command_reports_params_and_gflops(tmp_path):
+    result = run_cli("flops", "shared_encoder", "--backbone", "tiny", "--dataset", "synthetic_nyud",
+                     "--input-size", "64x96", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["input_size"] == "64x96" and report["gflops"] > 0 and report["params"]["total"] > 0
+    assert "multiply-add" in report["convention"]
+    assert_clean_error(run_cli("flops", "demt", "--input-size", "448by576", cwd=tmp_path), "HEIGHTxWIDTH")
