@@ -41,7 +41,7 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *needles: str) 
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
 def test_smoke_run_of_every_experiment_file(experiment, tmp_path):
-    result = run_cli("run", str(experiment), "--smoke", cwd=tmp_path)
+    result = run_cli("run", str(experiment), "--smoke", cwd=tmp_path, timeout=1800)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "FINISHED" in result.stdout
     assert (tmp_path / "mlruns.db").is_file()

@@ -289,9 +289,10 @@ class DeMT(nn.Module):
         if h % stride or w % stride:
             ph, pw = -(-h // stride) * stride, -(-w // stride) * stride
             raise MtbenchError(
-                f"DeMT: input {h}x{w} is not divisible by {stride}, the stride of the backbone's finest map "
-                f"where DeMT works; the backbone would drop the last rows/columns. Pad the input to "
-                f"{ph}x{pw} (the released Swin pads to the patch size the same way) or crop it.")
+                f"DeMT: input {h}x{w} is not divisible by {stride}, the stride of the backbone's finest map, "
+                f"where DeMT works: its grid would not cover the image exactly (timm's Swin drops the last "
+                f"rows/columns). Pad the input to {ph}x{pw} (the released Swin pads to its patch size the same "
+                "way) or crop it.")
         if self.attention == "tokens":
             need = self.attention_bytes(image.shape[0], (h // stride, w // stride))
             have = device_memory_bytes(image.device)
