@@ -138,7 +138,30 @@ class ChannelSplitConv(nn.Module):
         else:
             b, c, h, w = x.shape
             offset = self.split.to(x.dtype).expand(b, 2 * c, h, w)
-        return deform_conv2d(x, offset, self.weight, self.bias)
+        if torch.jit.is_tracing():  # fvcore counts the operator as deform_conv2d (mtbench.profiling)
+            return deform_conv2d(x, offset, self.weight, self.bias)
+        return F.conv2d(sample_per_channel(x, offset), self.weight, self.bias)
+
+
+def sample_per_channel(x: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of each channel at its own offset: the sampling inside a 1x1 `deform_conv2d`.
+
+    x (B, C, H, W), offset (B, 2*C, H, W) as (dy, dx) per channel; points outside the image read 0,
+    exactly as deform_conv2d. Sampling with `grid_sample` and applying the 1x1 conv after computes the
+    same operator as torchvision's deform_conv2d (tests check values and gradients) and trains
+    faster: forward + backward at 2x256x107x140 took 0.16 s against 0.87 s on 2 CPU cores, and
+    1.84 ms against 2.05 ms on an H200 (benchmarks/bench_demt_step.py). FLOP counting traces the
+    deform_conv2d form, so the count names the operator.
+    """
+    b, c, h, w = x.shape
+    off = offset.view(b, c, 2, h, w)
+    rows = torch.arange(h, device=x.device, dtype=offset.dtype).view(1, 1, h, 1) + off[:, :, 0]
+    cols = torch.arange(w, device=x.device, dtype=offset.dtype).view(1, 1, 1, w) + off[:, :, 1]
+    # align_corners=False: pixel i sits at (2i + 1) / size - 1 in grid coordinates.
+    grid = torch.stack([(2 * cols + 1) / w - 1, (2 * rows + 1) / h - 1], dim=-1).view(b * c, h, w, 2)
+    sampled = F.grid_sample(x.reshape(b * c, 1, h, w), grid.to(x.dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    return sampled.view(b, c, h, w)
 
 
 class MixerBlock(nn.Module):
@@ -188,11 +211,10 @@ class TaskAttention(nn.Module):
         """Each pixel's (B, N, C) query attends over the T features (B, N, T, C) at that pixel."""
         b, n, c = query.shape
         t, h = fused.shape[2], self.num_heads
-        q = self._proj(query, 0).view(b * n, 1, h, c // h).transpose(1, 2)
-        k = self._proj(fused, 1).view(b * n, t, h, c // h).transpose(1, 2)
-        v = self._proj(fused, 2).view(b * n, t, h, c // h).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B*N, heads, 1, C/heads)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, c))
+        q = self._proj(query, 0).view(b, n, 1, h, c // h)
+        k = self._proj(fused, 1).view(b, n, t, h, c // h)
+        v = self._proj(fused, 2).view(b, n, t, h, c // h)
+        return self.out_proj(attend_per_pixel(q, k, v).reshape(b, n, c))
 
     def over_tokens(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(B, Lq, C) queries attend over (B, Lk, C) key/value tokens; returns (B, Lq, C)."""
@@ -202,6 +224,22 @@ class TaskAttention(nn.Module):
         v = self._proj(keys, 2).view(b, lk, h, c // h).transpose(1, 2)
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, Lq, C/heads)
         return self.out_proj(out.transpose(1, 2).reshape(b, lq, c))
+
+
+def attend_per_pixel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Softmax attention of one query over T keys per pixel: q (B, N, 1, H, D), k and v (B, N, T, H, D).
+
+    Returns (B, N, H, D). Written with elementwise products and a softmax over T, not as an SDPA call:
+    with one query and T <= 5 keys per pixel SDPA sees B*N ~ 10^5 tiny problems, which its CUDA
+    kernels run slowly or refuse (cuDNN fails beyond 65535 of them: bf16, batch 8 at 428x560). Under
+    FLOP counting the SDPA form is traced instead, so both products are counted (mtbench.profiling).
+    """
+    if torch.jit.is_tracing():
+        b, n, t, h, d = k.shape
+        q, k, v = (x.reshape(b * n, -1, h, d).transpose(1, 2) for x in (q, k, v))
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, h, d)
+    weights = ((q * k).sum(-1) * q.shape[-1] ** -0.5).softmax(dim=2)  # (B, N, T, H)
+    return (weights.unsqueeze(-1) * v).sum(2)
 
 
 class TaskInteraction(nn.Module):

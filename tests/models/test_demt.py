@@ -182,6 +182,32 @@ def test_deformable_switch_replaces_the_deformable_operator_by_a_plain_conv():
     torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight, layer.bias))
 
 
+def test_cpu_sampling_path_equals_deform_conv2d_in_values_and_gradients():
+    from torchvision.ops import deform_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 7, 9, dtype=torch.float64, requires_grad=True)
+    # Fractional offsets up to 3 px, so some points fall partly or wholly outside the map.
+    offset = ((torch.rand(2, 16, 7, 9, dtype=torch.float64) - 0.5) * 6).requires_grad_()
+    weight = torch.randn(5, 8, 1, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64)
+    grad_out = torch.randn(2, 5, 7, 9, dtype=torch.float64)
+    reference = deform_conv2d(x, offset, weight, bias)
+    ours = F.conv2d(demt.sample_per_channel(x, offset), weight, bias)
+    torch.testing.assert_close(ours, reference)
+    for a, b in zip(torch.autograd.grad(ours, (x, offset, weight), grad_out),
+                    torch.autograd.grad(reference, (x, offset, weight), grad_out), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_per_pixel_attention_equals_sdpa_over_each_pixels_task_keys():
+    torch.manual_seed(0)
+    b, n, t, h, d = 2, 6, 4, 2, 8
+    q, k, v = torch.randn(b, n, 1, h, d), torch.randn(b, n, t, h, d), torch.randn(b, n, t, h, d)
+    expected = F.scaled_dot_product_attention(*(x.reshape(b * n, -1, h, d).transpose(1, 2) for x in (q, k, v)))
+    torch.testing.assert_close(demt.attend_per_pixel(q, k, v), expected.transpose(1, 2).reshape(b, n, h, d))
+
+
 def test_mixer_depth_stacks_blocks():
     one, three = tiny_demt(), tiny_demt(mixer_depth=3)
     assert len(three.mixers["depth"]) == 3
