@@ -19,6 +19,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 # Piped output (CI logs, files) gets a wide console so that metric columns are not cut to "…".
 console = Console() if sys.stdout.isatty() else Console(width=160)
 err_console = Console(stderr=True)
+data_app = typer.Typer(no_args_is_help=True,
+                       help="Datasets on disk: write synthetic trees in real layouts, check trees.")
+app.add_typer(data_app, name="data")
 
 
 @app.command()
@@ -144,6 +147,65 @@ def flops(
     console.print(f"Convention: {report['convention']}")
     if report.get("uncounted_ops"):
         console.print(f"Not counted (no handle): {report['uncounted_ops']}")
+
+
+@data_app.command("synth")
+def data_synth(
+    layout: Annotated[str, typer.Option(help="On-disk layout: nyud_mt, nyudv2 or pascal_context.")],
+    out: Annotated[Path, typer.Option(help="Folder to write (must be missing or empty).")],
+    n: Annotated[int, typer.Option("-n", "--num-samples", help="Number of samples, train and val together.")],
+    height: Annotated[int | None, typer.Option(help="Image height (default 480 nyud_mt, 425 nyudv2, "
+                                                    "375 pascal_context, where sizes vary per image).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (default 640 / 560 / 500).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic scenes and of the split.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of the samples in the val split.")] = 0.25,
+    overwrite: Annotated[bool, typer.Option(help="Replace this layout's folders in a non-empty --out.")] = False,
+) -> None:
+    """Write the synthetic dataset in the exact file layout of a real archive (to exercise its loader)."""
+    from mtbench.data.layouts import write_layout
+
+    s = write_layout(layout, out, n, height=height, width=width, seed=seed, val_fraction=val_fraction,
+                     overwrite=overwrite)
+    size = f"{s.height}x{s.width}" + (" (varying per image)" if s.varying_size else "")
+    console.print(f"wrote {s.layout} to {s.root}: train={s.counts['train']} val={s.counts['val']}, "
+                  f"size {size}, seed {s.seed}, {s.seconds:.1f} s")
+
+
+@data_app.command("check")
+def data_check(
+    name: Annotated[str, typer.Argument(help="Dataset: nyud or pascal_context.")],
+    root: Annotated[Path, typer.Option(help="Folder holding the unpacked archive.")],
+    tasks: Annotated[list[str] | None, typer.Option("--task", help="Check only these tasks (repeatable).")] = None,
+    quick: Annotated[bool, typer.Option(help="Only check that every file exists; do not read them.")] = False,
+) -> None:
+    """Verify a dataset tree: files of every id, label sizes and values; print variant, counts, fingerprint."""
+    from mtbench.data.check import check_tree
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, transient=True) as bar:
+        jobs: dict[str, object] = {}
+
+        def progress(split: str, done: int, total: int) -> None:
+            if split not in jobs:
+                jobs[split] = bar.add_task(f"reading {split}", total=total)
+            bar.update(jobs[split], completed=done)
+
+        report = check_tree(name, root, tasks=tasks, full=not quick, progress=progress)
+    table = Table(title=f"{name} at {report.root}")
+    table.add_column("split")
+    table.add_column("ids", justify="right")
+    table.add_column("missing files", justify="right")
+    for split, count in report.counts.items():
+        missing = len({i for ids in report.missing.get(split, {}).values() for i in ids})
+        table.add_row(split, str(count), str(missing))
+    console.print(table)
+    console.print(f"variant: {report.variant}   tasks: {', '.join(report.tasks)}")
+    if report.image_sizes:
+        console.print("image sizes: " + ", ".join(f"{s} ({n})" for s, n in report.image_sizes.most_common(5)))
+    console.print(f"fingerprint: {report.fingerprint}")
+    if not report.ok:
+        raise MtbenchError(f"{name} at {report.root} has problems:\n  " + "\n  ".join(report.problems()))
+    console.print("[green]ok[/]" + (" (files present; run without --quick to read them)" if quick else ""))
 
 
 @app.command()

@@ -98,7 +98,7 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
     family = DATASET_FAMILY.get(name)
     if family is None:
         raise MtbenchError(f"--smoke: unknown dataset {name!r}; valid: {', '.join(DATASET_FAMILY)}.")
-    dataset.update(name=SMOKE_DATASET[family], root=None, options=dict(SMOKE_DATASET_OPTIONS))
+    dataset.update(name=SMOKE_DATASET[family], root=None, protocol=None, options=dict(SMOKE_DATASET_OPTIONS))
     model = data.setdefault("model", {})
     model.update(backbone=SMOKE_BACKBONE, pretrained=False)
     train = data.setdefault("train", {})
@@ -198,8 +198,29 @@ def check_names(trial: TrialConfig, where: str) -> None:
         WEIGHTINGS.get(trial.loss.weighting)
         check_model_options(trial.model.name, trial.model.options)
         check_select_metric(trial)
+        check_protocol(trial)
     except MtbenchError as err:
         raise MtbenchError(f"{where}: {err}") from None
+
+
+def check_protocol(trial: TrialConfig) -> None:
+    """A known protocol for datasets on disk; no model selection on a split that is also the test split."""
+    from mtbench.data import DEFAULT_PROTOCOL
+    from mtbench.data.transforms import PROTOCOLS
+
+    name = trial.dataset.name
+    if name not in DEFAULT_PROTOCOL:
+        if trial.dataset.protocol is not None:
+            raise MtbenchError(f"dataset.protocol: {name} is rendered at its final size and takes no protocol "
+                               f"(got {trial.dataset.protocol!r}); remove dataset.protocol.")
+        return
+    if trial.dataset.protocol is not None and trial.dataset.protocol not in PROTOCOLS:
+        raise MtbenchError(f"dataset.protocol: unknown protocol {trial.dataset.protocol!r}; valid: "
+                           f"{', '.join(PROTOCOLS)}.")
+    if trial.train.select == "best_val":
+        raise MtbenchError(f"train.select: best_val on {name} would pick the checkpoint on the split the test "
+                           "metrics come from (the published protocol has no separate validation split); use "
+                           "train.select: final.")
 
 
 def expand_trials(experiment: Experiment, where: str = "experiment") -> list[TrialConfig]:

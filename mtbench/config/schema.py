@@ -17,6 +17,9 @@ class DatasetConfig(Strict):
     name: str = "synthetic_nyud"
     root: str | None = None
     tasks: list[str] | None = None
+    # Training/eval transforms (mtbench.data.transforms): atrc | mtinet; None = the dataset's default
+    # (atrc for nyud and pascal_context; synthetic datasets have none).
+    protocol: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
 

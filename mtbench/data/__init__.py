@@ -11,11 +11,15 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from mtbench.data import dataset as _synthetic_datasets  # noqa: F401  (registers synthetic_*)
+from mtbench.data import nyud as _nyud  # noqa: F401  (registers nyud)
+from mtbench.data import pascal_context as _pascal_context  # noqa: F401  (registers pascal_context)
 from mtbench.errors import MtbenchError
 from mtbench.registry import DATASETS
 from mtbench.tasks import resolve_tasks
 
 _COMMON = ("root", "split", "tasks", "protocol")
+# The protocol a trial trains and evaluates with when the config names none.
+DEFAULT_PROTOCOL = {"nyud": "atrc", "pascal_context": "atrc"}
 
 
 def build_dataset(name: str, *, root: str | Path | None = None, split: str,
@@ -41,4 +45,4 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str,
                    **options)
 
 
-__all__ = ["build_dataset"]
+__all__ = ["DEFAULT_PROTOCOL", "build_dataset"]

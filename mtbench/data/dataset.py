@@ -8,7 +8,7 @@ split, index), never on access order, worker or process.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,10 @@ class SyntheticMultiTask(Dataset):
     def __len__(self) -> int:
         return self.size
 
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # Indices past len are draws of later epochs, so iteration must stop at len explicitly.
+        return (self[i] for i in range(len(self)))
+
     @property
     def fingerprint(self) -> str:
         """What identifies this data exactly: preset, generator version, seed, image size and split size."""
@@ -91,6 +95,7 @@ class SyntheticMultiTask(Dataset):
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index %= self.size  # draws of later epochs (mtbench.engine.batching) read the same scene
         arrays = self.render(index)
         sample: dict[str, Any] = {"image": normalize_image(arrays["rgb"])}
         for task in self.tasks:

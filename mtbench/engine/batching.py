@@ -11,7 +11,11 @@ from torch.utils.data import Sampler
 
 
 class StepBatchSampler(Sampler[list[int]]):
-    """Yield the batches of steps `start..steps-1`: one seeded permutation per epoch, last partial batch dropped."""
+    """Yield the batches of steps `start..steps-1`: one seeded permutation per epoch, last partial batch dropped.
+
+    Indices are draws: `epoch * num_samples + index`. Datasets read sample `draw % len` and may seed
+    its random augmentation with the draw, so augmentations too depend only on (seed, step).
+    """
 
     def __init__(self, num_samples: int, batch_size: int, *, seed: int, steps: int, start: int = 0) -> None:
         if num_samples < batch_size:
@@ -23,7 +27,7 @@ class StepBatchSampler(Sampler[list[int]]):
     def batch_at(self, step: int) -> list[int]:
         epoch, pos = divmod(step, self.per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-        return order[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+        return (epoch * self.num_samples + order[pos * self.batch_size:(pos + 1) * self.batch_size]).tolist()
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start, self.steps):

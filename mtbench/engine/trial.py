@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 import mtbench
 from mtbench import tracking
 from mtbench.config.schema import TrialConfig
-from mtbench.data import build_dataset
+from mtbench.data import DEFAULT_PROTOCOL, build_dataset
 from mtbench.engine.batching import StepBatchSampler, collate
 from mtbench.engine.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from mtbench.engine.evaluate import evaluate
@@ -116,6 +116,16 @@ class Selection:
         return False
 
 
+def skipped_tags(datasets: dict[str, Any]) -> dict[str, str]:
+    """Tags naming the ids a dataset dropped (`skip_missing`), so no skip goes unrecorded."""
+    tags = {}
+    for split, dataset in datasets.items():
+        if getattr(dataset, "skipped", None):
+            ids = ",".join(dataset.skipped)
+            tags[f"mtbench.skipped_ids.{split}"] = f"{len(dataset.skipped)}: {ids[:4000]}"
+    return tags
+
+
 def selection_for(cfg: TrialConfig, tasks: tuple[str, ...]) -> Selection:
     """The metric that picks the best-on-val checkpoint: configured, or the first task's primary one."""
     metric = cfg.train.select_metric or get_task(tasks[0]).primary_metric
@@ -142,8 +152,11 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
         clear_trial(cfg)
 
     tasks = resolve_tasks(cfg.dataset.name, cfg.dataset.tasks)
+    protocol = cfg.dataset.protocol or DEFAULT_PROTOCOL.get(cfg.dataset.name)
     datasets = {split: build_dataset(cfg.dataset.name, root=cfg.dataset.root, split=split, tasks=list(tasks),
-                                     **cfg.dataset.options) for split in ("train", "val", "test")}
+                                     protocol=protocol, **cfg.dataset.options) for split in ("train", "val", "test")}
+    if hasattr(datasets["train"], "augment_seed"):
+        datasets["train"].augment_seed = cfg.seed  # each trial seed draws its own augmentations
     img_size = tuple(datasets["train"][0]["image"].shape[-2:])
     seed_everything(cfg.seed, device)
     model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
@@ -175,6 +188,9 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
             tracking.TAG_METRIC_VARIANTS: json.dumps({t: m.variant for t, m in test_meters.items()}),
             tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
             "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
+            "mtbench.dataset_variant": getattr(datasets["test"], "variant", cfg.dataset.name),
+            "mtbench.protocol": str(protocol),
+            **skipped_tags(datasets),
             "mtbench.version": mtbench.__version__}
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
     resolved = cfg.model_dump()

@@ -104,10 +104,13 @@ def _register(name: str, timm_name: str, *, fixed_size: bool = False, **timm_kwa
 _register("tiny", "test_resnet")
 _register("resnet18", "resnet18")
 _register("resnet50", "resnet50")
-# Swin needs the input size at build time (PROTOCOLS.md) and returns NHWC maps.
-_register("swin_tiny", "swin_tiny_patch4_window7_224", fixed_size=True)
-_register("swin_small", "swin_small_patch4_window7_224", fixed_size=True)
-_register("swin_base", "swin_base_patch4_window7_224", fixed_size=True)
+# Swin needs the input size at build time (PROTOCOLS.md) and returns NHWC maps. Dynamic size lets it
+# evaluate images of another size than the training crop (NYUD_MT's 480x640 after 425x560 crops), padding
+# to whole windows as the released mmseg Swin does; at the build size the output is unchanged.
+_SWIN = dict(fixed_size=True, strict_img_size=False, dynamic_img_size=True)
+_register("swin_tiny", "swin_tiny_patch4_window7_224", **_SWIN)
+_register("swin_small", "swin_small_patch4_window7_224", **_SWIN)
+_register("swin_base", "swin_base_patch4_window7_224", **_SWIN)
 # HRNet branch features (18/36/72/144 for W18) need feature_location='' (PROTOCOLS.md).
 _register("hrnet_w18_small", "hrnet_w18_small_v2", feature_location="")
 _register("hrnet_w18", "hrnet_w18", feature_location="")

@@ -36,6 +36,8 @@ def test_batches_depend_only_on_seed_and_step():
     assert all(len(b) == 3 for b in full)
     assert sorted(i for b in full[:3] for i in b) == sorted(set(i for b in full[:3] for i in b))  # no repeat in epoch
     assert list(StepBatchSampler(10, 3, seed=8, steps=8)) != full
+    # Draws of epoch e are e * 10 + index, so a dataset can seed the augmentation of each draw.
+    assert all(0 <= i < 10 for b in full[:3] for i in b) and all(10 <= i < 20 for b in full[3:6] for i in b)
 
 
 def test_checkpoint_is_atomic_and_weights_only(tmp_path):
