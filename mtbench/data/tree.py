@@ -43,7 +43,11 @@ class FileSpec:
 
 # ------------------------------------------------------------------------------------- readers
 def read_rgb(path: Path) -> np.ndarray:
-    """An image as (H, W, 3) uint8 RGB (PIL decodes JPEG and PNG; grey or RGBA files are converted)."""
+    """An image as (H, W, 3) uint8 RGB (PIL decodes JPEG and PNG; grey or RGBA files are converted).
+
+    PIL, not torchvision.io: the latter decodes 480x640 JPEGs ~1.3x as fast, but decoding is ~1 ms of
+    a sample's ~20 ms read and torchvision deprecated its decoders in 0.29 (benchmarks/bench_loading.py).
+    """
     with Image.open(path) as img:
         return np.asarray(img.convert("RGB"))
 
