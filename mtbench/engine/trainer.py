@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mtbench.config.schema import ScheduleConfig, TrainConfig
@@ -43,6 +44,28 @@ def build_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=opt.lr)
 
 
+def auxiliary_loss(model: nn.Module, task_losses: dict[str, nn.Module], weights: dict[str, float],
+                   batch: dict[str, Any]) -> torch.Tensor | None:
+    """Deep supervision: the task losses of the model's intermediate predictions, weighted like the final ones.
+
+    A model with deep supervision sets `model.auxiliary` in its training forward to {name: {task: pred}}
+    (e.g. MTI-Net's per-scale initial predictions, InvPT's per-stage ones); predictions smaller than the
+    label are upsampled bilinearly first. Returns sum over names and tasks of w_t * L_t, or None.
+    """
+    auxiliary = getattr(model, "auxiliary", None)
+    if not auxiliary:
+        return None
+    total = None
+    for preds in auxiliary.values():
+        for task, pred in preds.items():
+            target = batch[task]
+            if pred.shape[-2:] != target.shape[-2:]:
+                pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            term = weights[task] * task_losses[task](pred.float(), target)
+            total = term if total is None else total + term
+    return total
+
+
 def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module], loader: Any,
         optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, device: torch.device, start_step: int,
         evaluate_fn: Callable[[int], None], checkpoint_fn: Callable[[int], None],
@@ -64,6 +87,9 @@ def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module
             preds = model(batch["image"])
         losses = {t: fn(preds[t].float(), batch[t]) for t, fn in task_losses.items()}
         total = weighting(losses)
+        aux_loss = auxiliary_loss(model, task_losses, weighting.task_weights(), batch)
+        if aux_loss is not None:
+            total = total + aux_loss
         if not torch.isfinite(total):
             bad = [t for t, v in losses.items() if not torch.isfinite(v)] or ["(the weighted total)"]
             raise NonFiniteLossError(
@@ -79,6 +105,7 @@ def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module
             # .item() is a device sync point: only every few steps.
             log_fn({"train/loss_total": total.item(), "train/lr": lr,
                     **{f"train/loss/{t}": v.item() for t, v in losses.items()},
+                    **({"train/loss_auxiliary": aux_loss.item()} if aux_loss is not None else {}),
                     **{f"train/weight/{t}": w for t, w in weighting.task_weights().items()}}, step)
             if task_id is not None:
                 progress.update(task_id, description=f"train loss {total.item():.3f}")

@@ -56,3 +56,18 @@ def test_weight_decay_only_on_kernels():
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.05 and len(decayed["params"]) == 1
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
+
+
+def test_auxiliary_loss_weights_intermediate_predictions_like_final_ones():
+    from torch import nn
+
+    from mtbench.engine.trainer import auxiliary_loss
+
+    class Deep(nn.Module):
+        auxiliary = {"scale_1": {"depth": torch.full((1, 1, 2, 2), 3.0)}, "scale_2": {"depth": torch.ones(1, 1, 1, 1)}}
+
+    l1 = nn.L1Loss()
+    batch = {"depth": torch.full((1, 1, 4, 4), 2.0)}
+    # |3 - 2| = 1 and |1 - 2| = 1 (the 1x1 map is upsampled to 4x4 first), each weighted by w_depth = 0.5.
+    assert auxiliary_loss(Deep(), {"depth": l1}, {"depth": 0.5}, batch).item() == pytest.approx(1.0)
+    assert auxiliary_loss(nn.Identity(), {"depth": l1}, {"depth": 0.5}, batch) is None
