@@ -30,26 +30,99 @@ def run(
     override: Annotated[list[str] | None, typer.Option("--override", "-o", help="key.path=value (repeatable).")]
     = None,
     smoke: Annotated[bool, typer.Option(help="Synthetic data, tiny backbone, few steps: a CPU check.")] = False,
-    resume: Annotated[bool, typer.Option(help="Continue each trial from its last checkpoint.")] = False,
-    dry_run: Annotated[bool, typer.Option(help="Print the resolved trials and exit.")] = False,
+    resume: Annotated[bool, typer.Option("--resume/--fresh", help="Skip FINISHED trials and continue the others "
+                                         "from their checkpoints (default), or start every trial afresh.")] = True,
+    dry_run: Annotated[bool, typer.Option(help="Print the trial table (id, variant, seed, status) and exit.")]
+    = False,
+    launcher: Annotated[str | None, typer.Option(help="local or slurm (overrides launcher.name).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Parallel local worker processes (launcher.workers).")]
+    = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow SLURM jobs to the end, or submit and "
+                                       "return (re-attach with `mtbench status`).")] = True,
 ) -> None:
-    """Run every trial (variant x seed) of an experiment and log each as an MLflow run."""
+    """Run every trial (variant x grid point x seed, or an Optuna study) of an experiment; each is an MLflow run."""
     from mtbench.config import expand_trials, load_experiment
-    from mtbench.metrics import METRIC_DIRECTIONS
-    from mtbench.sweep import launch_local
-    from mtbench.tasks import TASK_NAMES, TASKS
 
-    exp = load_experiment(experiment, override or [], smoke=smoke)
+    overrides = list(override or [])
+    if launcher is not None:
+        overrides.append(f"launcher.name={launcher}")
+    if workers is not None:
+        overrides.append(f"launcher.workers={workers}")
+    exp = load_experiment(experiment, overrides, smoke=smoke)
+    if exp.search is not None:
+        from mtbench.sweep.search import run_study
+
+        if dry_run:
+            console.print(yaml.safe_dump(exp.search.model_dump(), sort_keys=False))
+            return
+        summary = run_study(exp, fresh=not resume, console=console)
+        console.print(summary)
+        return
     trials = expand_trials(exp, where=str(experiment))
     if dry_run:
-        console.print(yaml.safe_dump([t.model_dump() for t in trials], sort_keys=False))
+        print_trial_table(trials, title=f"{exp.name}: {len(trials)} trials (dry run: nothing runs)")
         return
-    console.print(f"[bold]{exp.name}[/]: {len(trials)} trials "
-                  f"({len(trials) // len(exp.seeds)} variants x {len(exp.seeds)} seeds)")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        results = launch_local(trials, resume=resume, progress=progress)
-    table = Table(title=f"{exp.name}: primary test metrics (final checkpoint)")
+    console.print(f"[bold]{exp.name}[/]: {len(trials)} trials ({len(trials) // len(exp.seeds)} variants x "
+                  f"{len(exp.seeds)} seeds) on {exp.launcher.name}"
+                  + (f" x {exp.launcher.workers} workers" if exp.launcher.name == "local" and
+                     exp.launcher.workers > 1 else ""))
+    results = launch_with_display(trials, exp.launcher, fresh=not resume, wait=wait)
+    if not results and not wait:
+        console.print(f"Submitted. Follow with `mtbench status {experiment}`.")
+        return
+    print_results(exp.name, results)
+
+
+def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait: bool) -> list:
+    """Run the trials: progress bars for one local process, a live table of trial states otherwise."""
+    from rich.live import Live
+
+    from mtbench.sweep import launch
+
+    if launcher_cfg.name == "local" and launcher_cfg.workers == 1:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=True) as progress:
+            return launch(trials, launcher_cfg, fresh=fresh, progress=progress)
+    states: dict[str, tuple[str, str]] = {t.key: ("pending", "") for t in trials}
+
+    def render() -> Table:
+        table = Table(title="trials")
+        for col in ("trial", "id", "state", "detail"):
+            table.add_column(col)
+        for t in trials:
+            state, detail = states[t.key]
+            table.add_row(t.key, t.id, state, detail)
+        return table
+
+    with Live(render(), console=console, refresh_per_second=2, transient=False) as live:
+        def update(trial: object, state: str, detail: str) -> None:
+            states[trial.key] = (state, detail)
+            live.update(render())
+
+        return launch(trials, launcher_cfg, fresh=fresh, update=update, wait_for_jobs=wait)
+
+
+def print_trial_table(trials: list, title: str) -> None:
+    """id, variant, seed, what differs from the base config, and the status in the tracking store."""
+    from mtbench.sweep import plan_sweep
+
+    plan = plan_sweep(trials)
+    table = Table(title=title)
+    for col in ("id", "variant", "seed", "status", "run"):
+        table.add_column(col)
+    for t in trials:
+        record = plan.records.get(t.id)
+        table.add_row(t.id, t.variant, str(t.seed), record.status if record else "new",
+                      record.run_id if record else "")
+    console.print(table)
+
+
+def print_results(name: str, results: list) -> None:
+    """The primary test metric of every task per trial; exit 2 listing the failed trials."""
+    from mtbench.metrics import METRIC_DIRECTIONS
+    from mtbench.tasks import TASK_NAMES, TASKS
+
+    table = Table(title=f"{name}: primary test metrics (final checkpoint)")
     table.add_column("variant", no_wrap=True)
     table.add_column("seed")
     table.add_column("status")
@@ -64,7 +137,29 @@ def run(
     failed = [r for r in results if r.status != "FINISHED"]
     if failed:
         raise MtbenchError("\n".join(f"trial {r.key} failed: {r.metrics.get('error', '')}" for r in failed))
-    console.print(f"Browse the runs with `mtbench ui`; tables with `mtbench report --experiment {exp.name}`.")
+    console.print(f"Browse the runs with `mtbench ui`; tables with `mtbench report --experiment {name}`.")
+
+
+@app.command()
+def status(
+    experiment: Annotated[Path, typer.Argument(help="The experiment YAML file the sweep was started from.")],
+    override: Annotated[list[str] | None, typer.Option("--override", "-o", help="Same overrides as the run.")]
+    = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow unfinished SLURM jobs to the end.")]
+    = False,
+) -> None:
+    """Show the state of every trial of a sweep; with --wait, re-attach to its SLURM jobs."""
+    from mtbench.config import expand_trials, load_experiment
+
+    exp = load_experiment(experiment, list(override or []))
+    trials = expand_trials(exp, where=str(experiment))
+    if not wait:
+        print_trial_table(trials, title=f"{exp.name}: {len(trials)} trials")
+        return
+    from mtbench.sweep import attach
+
+    results = attach(trials, update=lambda t, state, detail: console.print(f"{t.key}: {state} {detail}"))
+    print_results(exp.name, results)
 
 
 @app.command()

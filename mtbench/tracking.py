@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -46,6 +47,11 @@ TAG_CHECKPOINT = "mtbench.checkpoint"  # which weights the test metrics come fro
 TAG_METRIC_VARIANTS = "mtbench.metric_variants"  # JSON {task: meter variant name}
 TAG_GIT_COMMIT = "mtbench.git_commit"
 TAG_DEVICE = "mtbench.device"
+TAG_TRIAL_ID = "mtbench.trial_id"  # TrialConfig.id: hash of the resolved config (skip/resume key of sweeps)
+TAG_STUDY = "mtbench.study"  # Optuna study name of a search trial
+TAG_STUDY_TRIAL = "mtbench.study_trial"  # Optuna trial number
+TAG_PRUNED = "mtbench.pruned"  # "true" on a search trial that Optuna pruned (run status KILLED)
+TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag: nests a study's trials under its parent run
 TEST_PREFIX = "test/"
 
 DEFAULT_DB = "mlruns.db"
@@ -233,7 +239,14 @@ class Tracker:
         found = client.get_experiment_by_name(experiment)
         if found is None:
             location = _artifact_location(uri, experiment)
-            exp_id = client.create_experiment(experiment, artifact_location=location)
+            try:
+                exp_id = client.create_experiment(experiment, artifact_location=location)
+            except MlflowException:
+                # Another worker of the same sweep created it a moment ago.
+                found = client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                exp_id = found.experiment_id
         elif found.lifecycle_stage != "active":
             raise MtbenchError(f"MLflow experiment {experiment!r} at {uri!r} is deleted. Restore it "
                                "(`mlflow experiments restore`) or use another experiment name.")
@@ -379,6 +392,63 @@ def load_runs(uri: str, experiment: str | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *metric_names])
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
     return frame
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """The latest MLflow run of one trial id: its run id, status and final test metrics."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float]
+
+
+def trial_records(uri: str, experiment: str) -> dict[str, TrialRecord]:
+    """Latest run per `mtbench.trial_id` tag in `experiment` (empty when the store or experiment is new)."""
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        return {}
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    records: dict[str, tuple[int, TrialRecord]] = {}
+    token = None
+    while True:
+        page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
+        for run in page:
+            trial_id = run.data.tags.get(TAG_TRIAL_ID)
+            if trial_id is None:
+                continue
+            metrics = {k[len(TEST_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(TEST_PREFIX)}
+            record = TrialRecord(run.info.run_id, run.info.status, metrics)
+            if trial_id not in records or run.info.start_time > records[trial_id][0]:
+                records[trial_id] = (run.info.start_time, record)
+        token = page.token
+        if not token:
+            break
+    return {k: v for k, (_, v) in records.items()}
+
+
+def ensure_store(uri: str) -> None:
+    """Create (and migrate) the store now, in one process: concurrent first use of a fresh sqlite store
+    by several workers races on MLflow's schema migration and corrupts it."""
+    check_tracking_uri(uri)
+    _client(uri).search_experiments(max_results=1)
+
+
+def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[str]:
+    """Ids of the runs of `experiment` carrying all `tags` (newest first); empty for a new store."""
+    path = _sqlite_path(uri)
+    if path is not None and not path.exists():
+        return []
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
+    return [r.info.run_id for r in runs]
 
 
 def launch_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:

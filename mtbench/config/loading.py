@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -105,8 +106,15 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
     train.update(SMOKE_TRAIN)
     train.setdefault("schedule", {})["warmup_steps"] = 1
     data["seeds"] = list(data.get("seeds") or [0])[:1]
-    for variant in data.get("variants") or []:
-        overrides = variant.get("overrides") or {}
+    # One grid point, a two-trial study, run here: the smoke checks the sweep's wiring, not its size.
+    data["grid"] = {k: list(v)[:1] for k, v in (data.get("grid") or {}).items()
+                    if not k.startswith(("model.backbone", "model.pretrained", "dataset.", "train.steps"))}
+    if isinstance(data.get("search"), dict):
+        data["search"] = {**data["search"], "n_trials": min(2, int(data["search"].get("n_trials", 2)))}
+    data["launcher"] = {"name": "local"}
+    variants = data.get("variants") or []
+    for variant in variants.values() if isinstance(variants, dict) else variants:
+        overrides = (variant.get("overrides") if "name" in (variant or {}) else variant) or {}
         for key in [k for k in overrides if k.startswith(("model.backbone", "model.pretrained",
                                                           "dataset.", "train."))]:
             del overrides[key]
@@ -224,16 +232,35 @@ def check_protocol(trial: TrialConfig) -> None:
 
 
 def expand_trials(experiment: Experiment, where: str = "experiment") -> list[TrialConfig]:
-    """Return one TrialConfig per (variant, seed); no variants means one variant named after the model."""
+    """One TrialConfig per (variant, grid point, seed); no variants means one variant named after the model.
+
+    A grid point's variant name appends its values, e.g. `demt@lr=0.001,mixer_width=128`.
+    """
     base = experiment.model_dump(include=set(Sections.model_fields))
     variants = experiment.variants or [VariantConfig(name=experiment.model.name)]
+    points = grid_points(experiment.grid)
     trials = []
     for variant in variants:
-        data = copy.deepcopy(base)
-        for key, value in variant.overrides.items():
-            set_dotted(data, key, value, where=f"{where}: variant {variant.name!r}")
-        for seed in experiment.seeds:
-            trial = dict(data, experiment=experiment.name, variant=variant.name, seed=seed)
-            trials.append(validate(TrialConfig, trial, f"{where}: variant {variant.name!r}"))
+        for point in points:
+            data = copy.deepcopy(base)
+            for key, value in {**variant.overrides, **point}.items():
+                set_dotted(data, key, value, where=f"{where}: variant {variant.name!r}")
+            name = f"{variant.name}@{grid_label(point)}" if point else variant.name
+            for seed in experiment.seeds:
+                trial = dict(data, experiment=experiment.name, variant=name, seed=seed)
+                trials.append(validate(TrialConfig, trial, f"{where}: variant {name!r}"))
     return trials
+
+
+def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """The cartesian product of a grid as {dotted key: value} dicts, in key order ([{}] for no grid)."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def grid_label(point: dict[str, Any]) -> str:
+    """`lr=0.001,mixer_width=128`: last key components, or the whole key where two would clash."""
+    last = [k.rsplit(".", 1)[-1] for k in point]
+    names = [short if last.count(short) == 1 else key for short, key in zip(last, point, strict=True)]
+    return ",".join(f"{n}={str(v).replace('/', '_')}" for n, v in zip(names, point.values(), strict=True))
 

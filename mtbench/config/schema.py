@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
@@ -78,6 +80,67 @@ class VariantConfig(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
+class ParamSpec(Strict):
+    """One dimension of an Optuna search space on a dotted config key."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty `choices` list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs `low` and `high`")
+        if self.low >= self.high:
+            raise ValueError(f"bounds are inverted or empty: low {self.low} >= high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0, got {self.low}")
+        return self
+
+
+class SearchConfig(Strict):
+    """An Optuna study over the experiment's base config (mtbench.sweep.search)."""
+
+    # A validation metric as logged, e.g. "semseg/mIoU" (read from val/<objective>).
+    objective: str
+    # Default: the metric's own direction (higher mIoU, lower rmse).
+    direction: Literal["maximize", "minimize"] | None = None
+    space: dict[str, ParamSpec] = Field(min_length=1)
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    n_trials: PositiveInt = 10
+    # None: sqlite file <output_dir>/<experiment>/optuna.db; "journal:<path>": a JournalFileBackend
+    # file for a shared filesystem; otherwise any SQLAlchemy URL (e.g. postgresql://...).
+    storage: str | None = None
+    study_name: str | None = None
+
+
+class LauncherConfig(Strict):
+    """Where trials run: here (`local`, N worker processes) or on SLURM through submitit."""
+
+    name: Literal["local", "slurm"] = "local"
+    workers: PositiveInt = 1
+    # SLURM (submitit's SlurmExecutor); every trial is one array task.
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: PositiveInt = 60
+    cpus_per_task: PositiveInt = 2
+    mem_gb: PositiveFloat | None = None
+    gpus_per_node: int = Field(0, ge=0)
+    array_parallelism: PositiveInt = 16
+    # Extra `#SBATCH --key=value` lines as {key: value}, and shell lines run before each trial.
+    sbatch: dict[str, Any] = Field(default_factory=dict)
+    setup: list[str] = Field(default_factory=list)
+
+
 class Sections(Strict):
     """Everything one trial is built from (shared by Experiment and TrialConfig)."""
 
@@ -103,8 +166,20 @@ class Experiment(Sections):
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     variants: list[VariantConfig] = Field(default_factory=list)
+    # Cartesian product of dotted config keys -> value lists, applied on top of every variant.
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    search: SearchConfig | None = None
+    launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     # Δm reference: the variant whose runs are the single-task baseline.
     reference_variant: str = "single_task"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _variants_as_mapping(cls, data: Any) -> Any:
+        """`variants: {name: {overrides}}` is accepted as well as a list of {name, overrides}."""
+        if isinstance(data, dict) and isinstance(data.get("variants"), dict):
+            data = {**data, "variants": [{"name": k, "overrides": v or {}} for k, v in data["variants"].items()]}
+        return data
 
     @model_validator(mode="after")
     def _unique_variants(self) -> Experiment:
@@ -112,6 +187,12 @@ class Experiment(Sections):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"variant names must be unique; repeated: {', '.join(sorted(dup))}")
+        empty = [k for k, v in self.grid.items() if not v]
+        if empty:
+            raise ValueError(f"grid: {', '.join(empty)} has no values; give at least one value per key")
+        if self.search is not None and (self.grid or self.variants):
+            raise ValueError("search: an Optuna study runs over the base config; remove `grid` and `variants` "
+                             "(or put the study in its own experiment file)")
         return self
 
 
@@ -126,3 +207,9 @@ class TrialConfig(Sections):
     def key(self) -> str:
         """Stable human-readable identity of the trial within the output folder."""
         return f"{self.experiment}/{self.variant}/seed{self.seed}"
+
+    @property
+    def id(self) -> str:
+        """Stable id: a hash of the resolved config (where results go, output_dir and tracking, excluded)."""
+        payload = json.dumps(self.model_dump(exclude={"output_dir", "tracking"}), sort_keys=True, default=str)
+        return hashlib.sha1(payload.encode()).hexdigest()[:12]

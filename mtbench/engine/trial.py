@@ -10,6 +10,7 @@ import os
 import random
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,17 @@ def selection_for(cfg: TrialConfig, tasks: tuple[str, ...]) -> Selection:
     return Selection(metric, METRIC_DIRECTIONS[metric])
 
 
-def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -> TrialResult:
+class PrunedTrial(Exception):
+    """Raised by an `on_validate` hook to stop a trial early (a pruned search trial): run KILLED, tagged."""
+
+
+def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
+              extra_tags: dict[str, str] | None = None,
+              on_validate: Callable[[int, dict[str, float]], None] | None = None) -> TrialResult:
     """Train and test one trial; log it as one MLflow run. With `resume`, continue its last checkpoint.
+
+    `extra_tags` go on the run (a study's name and trial number, a parent run); `on_validate(step,
+    metrics)` sees every validation's metrics and may raise PrunedTrial to stop the trial there.
 
     Model selection only ever looks at the val split: the test split is scored once, at the end, with
     the final weights or (train.select: best_val) the weights of the best validation evaluation.
@@ -187,6 +197,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
             tracking.TAG_DATASET: cfg.dataset.name, tracking.TAG_CHECKPOINT: cfg.train.select,
             tracking.TAG_METRIC_VARIANTS: json.dumps({t: m.variant for t, m in test_meters.items()}),
             tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
+            tracking.TAG_TRIAL_ID: cfg.id, **(extra_tags or {}),
             "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
             "mtbench.dataset_variant": getattr(datasets["test"], "variant", cfg.dataset.name),
             "mtbench.protocol": str(protocol),
@@ -214,6 +225,8 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
         if cfg.train.select == "best_val" and selection.improves(metrics):
             selection.value, selection.step = metrics[selection.metric], step
             save_checkpoint(best_path, {"model": model.state_dict(), "step": step, "value": selection.value})
+        if on_validate is not None:
+            on_validate(step, metrics)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path, {
@@ -245,6 +258,10 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None) -
                           "select_metric": selection.metric, **test_metrics}, "final_metrics.json")
         write_text_atomic(folder / RESULT, json.dumps(asdict(result), indent=2))
         tracker.end("FINISHED")
+    except PrunedTrial:
+        tracker.set_tags({tracking.TAG_PRUNED: "true"})
+        tracker.end("KILLED")
+        raise
     except BaseException as err:
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise

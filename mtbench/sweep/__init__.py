@@ -1,5 +1,5 @@
 """Running many trials: expansion happens in mtbench.config, launching here."""
 
-from mtbench.sweep.launchers import launch_local
+from mtbench.sweep.launchers import attach, launch, launch_local, plan_sweep
 
-__all__ = ["launch_local"]
+__all__ = ["attach", "launch", "launch_local", "plan_sweep"]

@@ -1,26 +1,283 @@
-"""Launchers run a list of trials; `local` runs them one after another in this process."""
+"""Launchers run a list of trials: `local` (in order, or N worker processes) or `slurm` (submitit job array).
+
+Every launcher first asks the tracking store which trials already FINISHED (by `TrialConfig.id`) and
+skips them; the others resume from their last checkpoint unless `fresh`. So an interrupted sweep —
+Ctrl-C, a killed process, a cancelled job — continues by running the same command again. Only this
+module imports submitit.
+"""
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mtbench.config.schema import TrialConfig
+from mtbench import tracking
+from mtbench.config.schema import LauncherConfig, TrialConfig
 from mtbench.engine import TrialResult, run_trial
 from mtbench.engine.trainer import NonFiniteLossError
+from mtbench.errors import MtbenchError
+
+Update = Callable[[TrialConfig, str, str], None]  # (trial, state, detail) -> None, for live displays
 
 
-def launch_local(trials: list[TrialConfig], *, resume: bool = False, progress: Any = None) -> list[TrialResult]:
-    """Run `trials` in order; a trial whose loss diverges is recorded as FAILED and the rest go on."""
+@dataclass
+class SweepPlan:
+    """The trials of a sweep split into those already FINISHED in the tracking store and those to run."""
+
+    done: list[tuple[TrialConfig, TrialResult]] = field(default_factory=list)
+    todo: list[TrialConfig] = field(default_factory=list)
+    records: dict[str, tracking.TrialRecord] = field(default_factory=dict)
+
+
+def plan_sweep(trials: list[TrialConfig], *, fresh: bool = False) -> SweepPlan:
+    """Look every trial up in its tracking store; FINISHED ones are done unless `fresh`."""
+    plan = SweepPlan()
+    for trial in trials:
+        uri = tracking.resolve_tracking_uri(trial.tracking.uri)
+        store_key = f"{uri}\0{trial.experiment}"
+        if store_key not in _records_cache:
+            _records_cache[store_key] = tracking.trial_records(uri, trial.experiment)
+        record = _records_cache[store_key].get(trial.id)
+        if record is not None:
+            plan.records[trial.id] = record
+        if record is not None and record.status == "FINISHED" and not fresh:
+            plan.done.append((trial, TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed,
+                                                 run_id=record.run_id, status="FINISHED", metrics=record.metrics)))
+        else:
+            plan.todo.append(trial)
+    _records_cache.clear()
+    return plan
+
+
+_records_cache: dict[str, dict[str, tracking.TrialRecord]] = {}
+
+
+def run_one(trial: TrialConfig, *, fresh: bool, progress: Any = None) -> TrialResult:
+    """Run one trial; a diverged or misconfigured trial becomes a FAILED result, not an exception."""
+    try:
+        return run_trial(trial, resume=not fresh, progress=progress)
+    except (NonFiniteLossError, MtbenchError) as err:
+        return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="FAILED",
+                           metrics={"error": str(err)})
+
+
+def launch(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool = False, progress: Any = None,
+           update: Update | None = None, wait_for_jobs: bool = True) -> list[TrialResult]:
+    """Run the trials that are not FINISHED yet where `launcher` says; return every trial's result."""
+    for uri in {tracking.resolve_tracking_uri(t.tracking.uri) for t in trials}:
+        tracking.ensure_store(uri)
+    plan = plan_sweep(trials, fresh=fresh)
+    for trial, result in plan.done:
+        if update is not None:
+            update(trial, "done", f"skipped: FINISHED run {result.run_id}")
+    if launcher.name == "slurm":
+        results = launch_slurm(plan.todo, launcher, fresh=fresh, update=update, wait_for_jobs=wait_for_jobs)
+    elif launcher.workers > 1 and len(plan.todo) > 1:
+        results = launch_workers(plan.todo, launcher.workers, fresh=fresh, update=update)
+    else:
+        results = launch_local(plan.todo, fresh=fresh, progress=progress, update=update)
+    by_key = {r.key: r for r in [*(r for _, r in plan.done), *results]}
+    return [by_key[t.key] for t in trials if t.key in by_key]
+
+
+def launch_local(trials: list[TrialConfig], *, fresh: bool = False, progress: Any = None,
+                 update: Update | None = None) -> list[TrialResult]:
+    """Run `trials` in order in this process."""
     results = []
     task_id = progress.add_task("trials", total=len(trials)) if progress is not None else None
     for cfg in trials:
         if task_id is not None:
             progress.update(task_id, description=f"trial {cfg.key}")
-        try:
-            results.append(run_trial(cfg, resume=resume, progress=progress))
-        except NonFiniteLossError as err:
-            results.append(TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id="", status="FAILED",
-                                       metrics={"error": str(err)}))
+        if update is not None:
+            update(cfg, "running", "")
+        result = run_one(cfg, fresh=fresh, progress=progress)
+        results.append(result)
+        if update is not None:
+            update(cfg, "done" if result.status == "FINISHED" else "failed", result.run_id)
         if task_id is not None:
             progress.advance(task_id)
     return results
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def launch_workers(trials: list[TrialConfig], workers: int, *, fresh: bool = False,
+                   update: Update | None = None) -> list[TrialResult]:
+    """Run `trials` in `workers` parallel processes (spawned; CPU threads split between them)."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    results: list[TrialResult] = []
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        pending = {pool.submit(run_one, cfg, fresh=fresh): cfg for cfg in trials}
+        for cfg in list(pending.values())[:workers]:
+            if update is not None:
+                update(cfg, "running", "")
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cfg = pending.pop(future)
+                result = future.result()
+                results.append(result)
+                if update is not None:
+                    update(cfg, "done" if result.status == "FINISHED" else "failed", result.run_id)
+    return results
+
+
+# ------------------------------------------------------------------------------------------ SLURM
+def slurm_folder(trial: TrialConfig) -> Path:
+    """Where submitit keeps a sweep's job scripts, pickles and logs: <output_dir>/<experiment>/slurm."""
+    return Path(trial.output_dir) / trial.experiment / "slurm"
+
+
+class SlurmTrial:
+    """A trial as a submitit job: on preemption or time limit it requeues and resumes from its checkpoint."""
+
+    def __init__(self, trial_json: str, fresh: bool) -> None:
+        self.trial_json, self.fresh = trial_json, fresh
+
+    def __call__(self) -> TrialResult:
+        trial = TrialConfig.model_validate_json(self.trial_json)
+        return run_one(trial, fresh=self.fresh)
+
+    def checkpoint(self) -> Any:
+        """submitit calls this on SIGUSR2 (preemption, time limit): requeue the same trial, resuming."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmTrial(self.trial_json, fresh=False))
+
+
+def slurm_executor(folder: Path, launcher: LauncherConfig) -> Any:
+    """A submitit SlurmExecutor configured from `launcher`; bad options are a user error before submission."""
+    if shutil.which("sbatch") is None:
+        raise MtbenchError("launcher: slurm needs SLURM's `sbatch` on PATH, which is not found here. Run on a "
+                           "cluster login node, or use launcher.name: local.")
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
+    params: dict[str, Any] = {"timeout_min": launcher.time_min, "cpus_per_task": launcher.cpus_per_task,
+                              "slurm_array_parallelism": launcher.array_parallelism, "tasks_per_node": 1,
+                              "nodes": 1}
+    for key, value in (("slurm_partition", launcher.partition), ("slurm_account", launcher.account),
+                       ("slurm_qos", launcher.qos), ("mem_gb", launcher.mem_gb)):
+        if value is not None:
+            params[key] = value
+    if launcher.gpus_per_node:
+        params["gpus_per_node"] = launcher.gpus_per_node
+    if launcher.sbatch:
+        params["slurm_additional_parameters"] = dict(launcher.sbatch)
+    if launcher.setup:
+        params["slurm_setup"] = list(launcher.setup)
+    try:
+        executor.update_parameters(**params)
+    except (ValueError, TypeError) as err:
+        raise MtbenchError(f"launcher: submitit rejects the SLURM options ({err}). Check launcher.* and "
+                           "launcher.sbatch keys (sbatch long option names without '--').") from None
+    return executor
+
+
+def launch_slurm(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool = False,
+                 update: Update | None = None, wait_for_jobs: bool = True, poll_s: float = 2.0) -> list[TrialResult]:
+    """Submit the trials as one job array; with `wait_for_jobs`, follow them to the end."""
+    if not trials:
+        return []
+    folder = slurm_folder(trials[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = slurm_executor(folder, launcher)
+    with executor.batch():
+        jobs = [executor.submit(SlurmTrial(t.model_dump_json(), fresh)) for t in trials]
+    record_jobs(folder, {t.id: job.job_id for t, job in zip(trials, jobs, strict=True)})
+    for trial, job in zip(trials, jobs, strict=True):
+        if update is not None:
+            update(trial, "submitted", f"job {job.job_id}")
+    if not wait_for_jobs:
+        return []
+    return follow_jobs(trials, jobs, update=update, poll_s=poll_s)
+
+
+def record_jobs(folder: Path, job_ids: dict[str, str]) -> None:
+    """Remember trial id -> SLURM job id (for `mtbench status`), merged with earlier submissions."""
+    path = folder / "jobs.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    known.update(job_ids)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    tmp.replace(path)
+
+
+def follow_jobs(trials: list[TrialConfig], jobs: list[Any], *, update: Update | None = None,
+                poll_s: float = 2.0) -> list[TrialResult]:
+    """Poll submitit jobs until all are done; a failed job's result carries its SLURM log tail."""
+    results: dict[str, TrialResult] = {}
+    seen: dict[str, str] = {}
+    while len(results) < len(jobs):
+        for trial, job in zip(trials, jobs, strict=True):
+            if trial.key in results:
+                continue
+            if job.done():
+                results[trial.key] = job_result(trial, job)
+                state = "done" if results[trial.key].status == "FINISHED" else "failed"
+            else:
+                state = str(job.state).lower()
+            if update is not None and seen.get(trial.key) != state:
+                update(trial, state, f"job {job.job_id}")
+                seen[trial.key] = state
+        if len(results) < len(jobs):
+            time.sleep(poll_s)
+    return [results[t.key] for t in trials]
+
+
+def job_result(trial: TrialConfig, job: Any) -> TrialResult:
+    """The TrialResult a finished job returned, or a FAILED one with the tail of the job's logs."""
+    try:
+        return job.result()
+    except Exception as err:  # noqa: BLE001 - submitit raises several kinds for failed/cancelled jobs
+        tail = log_tail(job)
+        return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="FAILED",
+                           metrics={"error": f"SLURM job {job.job_id} {type(err).__name__}: "
+                                             f"{str(err).splitlines()[0] if str(err) else ''}\n{tail}"})
+
+
+def log_tail(job: Any, lines: int = 15) -> str:
+    """Last lines of a job's stderr (then stdout) log, for the failure report."""
+    for reader in (job.stderr, job.stdout):
+        try:
+            text = reader() or ""
+        except Exception:  # noqa: BLE001 - a missing log file is not worth a second failure
+            text = ""
+        if text.strip():
+            return "log tail:\n" + "\n".join(text.strip().splitlines()[-lines:])
+    return "(no SLURM log)"
+
+
+def attach(trials: list[TrialConfig], *, update: Update | None = None, poll_s: float = 2.0) -> list[TrialResult]:
+    """Re-attach to a sweep's SLURM jobs (recorded at submission) and follow the unfinished ones."""
+    plan = plan_sweep(trials)
+    known = {}
+    if trials and (slurm_folder(trials[0]) / "jobs.json").is_file():
+        known = json.loads((slurm_folder(trials[0]) / "jobs.json").read_text())
+    for trial, result in plan.done:
+        if update is not None:
+            update(trial, "done", f"run {result.run_id}")
+    follow = [t for t in plan.todo if t.id in known]
+    for trial in plan.todo:
+        if trial.id not in known and update is not None:
+            update(trial, "not submitted", "")
+    if not follow:
+        return [r for _, r in plan.done]
+    import submitit
+
+    jobs = [submitit.SlurmJob(folder=slurm_folder(t) / "%j", job_id=known[t.id]) for t in follow]
+    return [*(r for _, r in plan.done), *follow_jobs(follow, jobs, update=update, poll_s=poll_s)]

@@ -1,0 +1,236 @@
+"""Optuna studies over an experiment's config (`search:` in the YAML). Only this module imports optuna.
+
+Each Optuna trial is one mtbench trial and one MLflow run, tagged with the study and trial number and
+nested under one parent run for the study. Validation results are reported to the pruner at every
+evaluation; a pruned trial's run ends KILLED and tagged `mtbench.pruned`. Storage: a sqlite file by
+default, `journal:<path>` (JournalFileBackend, for a shared filesystem) or any SQLAlchemy URL. Local
+workers (`launcher.workers`) are processes on the same storage that share out the remaining trials,
+so together they finish exactly `n_trials` (COMPLETE + PRUNED). Rerunning the command continues the
+study: trials left RUNNING by a killed process are marked FAIL and replaced.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from mtbench import tracking
+from mtbench.config.loading import set_dotted, validate
+from mtbench.config.schema import Experiment, ParamSpec, Sections, TrialConfig
+from mtbench.engine.trainer import NonFiniteLossError
+from mtbench.engine.trial import PrunedTrial, run_trial
+from mtbench.errors import MtbenchError
+from mtbench.metrics import METRIC_DIRECTIONS
+
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def study_name(exp: Experiment) -> str:
+    return exp.search.study_name or exp.name
+
+
+def open_storage(exp: Experiment) -> Any:
+    """The study's storage; a URL that cannot be opened is a user error before any trial runs."""
+    spec = exp.search.storage
+    try:
+        if spec is None:
+            path = Path(exp.output_dir) / exp.name / "optuna.db"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.RDBStorage(f"sqlite:///{path}")
+        if spec.startswith("journal:"):
+            path = Path(spec[len("journal:"):]).expanduser()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return optuna.storages.RDBStorage(spec)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors come in many types
+        raise MtbenchError(f"search.storage: cannot open {spec or 'the default sqlite file'!r} "
+                           f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give a "
+                           "writable sqlite:///path, journal:/shared/path.log, or a reachable database URL.") from None
+
+
+def direction(exp: Experiment) -> str:
+    """The configured direction, or the objective metric's own (mIoU up, rmse down)."""
+    if exp.search.direction is not None:
+        return exp.search.direction
+    if exp.search.objective not in METRIC_DIRECTIONS:
+        raise MtbenchError(f"search.objective: {exp.search.objective!r} is not a known metric; give "
+                           "search.direction (maximize/minimize) or a metric like semseg/mIoU.")
+    return "maximize" if METRIC_DIRECTIONS[exp.search.objective] else "minimize"
+
+
+def sampler_for(exp: Experiment) -> optuna.samplers.BaseSampler:
+    seed = exp.seeds[0]
+    if exp.search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if exp.search.sampler == "grid":
+        space = {}
+        for key, spec in exp.search.space.items():
+            if spec.type == "categorical":
+                space[key] = list(spec.choices)
+            elif spec.type == "int":
+                space[key] = list(range(int(spec.low), int(spec.high) + 1, int(spec.step or 1)))
+            else:
+                raise MtbenchError(f"search.sampler: grid needs categorical or int parameters; {key!r} is a float "
+                                   "range (give it `choices`, or use the tpe/random sampler).")
+        return optuna.samplers.GridSampler(space, seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pruner_for(exp: Experiment) -> optuna.pruners.BasePruner:
+    if exp.search.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    if exp.search.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=exp.train.eval_every, max_resource=exp.train.steps)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial: optuna.Trial, key: str, spec: ParamSpec) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(key, spec.choices)
+    if spec.type == "int":
+        return trial.suggest_int(key, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
+    return trial.suggest_float(key, spec.low, spec.high, step=spec.step, log=spec.log)
+
+
+def trial_config(exp: Experiment, params: dict[str, Any], number: int) -> TrialConfig:
+    """The mtbench trial of Optuna trial `number`: the base config with `params` set, the first seed."""
+    data = copy.deepcopy(exp.model_dump(include=set(Sections.model_fields)))
+    for key, value in params.items():
+        set_dotted(data, key, value, where=f"search.space {key!r}")
+    return validate(TrialConfig, dict(data, experiment=exp.name, variant=f"trial{number:04d}", seed=exp.seeds[0]),
+                    f"search trial {number}")
+
+
+def check_space(exp: Experiment) -> None:
+    """Every search key must be a config key: build one trial at the low end of every range."""
+    sample = {k: (s.choices[0] if s.type == "categorical" else (int(s.low) if s.type == "int" else s.low))
+              for k, s in exp.search.space.items()}
+    trial_config(exp, sample, 0)
+
+
+def objective(exp: Experiment, parent_run_id: str, trial: optuna.Trial) -> float:
+    params = {key: suggest(trial, key, spec) for key, spec in exp.search.space.items()}
+    cfg = trial_config(exp, params, trial.number)
+    last: dict[str, float] = {}
+
+    def on_validate(step: int, metrics: dict[str, float]) -> None:
+        if exp.search.objective not in metrics:
+            raise MtbenchError(f"search.objective: validation logs no {exp.search.objective!r}; it logs "
+                               f"{', '.join(sorted(metrics))}.")
+        last["value"] = metrics[exp.search.objective]
+        trial.report(last["value"], step)
+        if step < exp.train.steps and trial.should_prune():
+            raise PrunedTrial(f"pruned at step {step}")
+
+    tags = {tracking.TAG_STUDY: study_name(exp), tracking.TAG_STUDY_TRIAL: str(trial.number),
+            tracking.TAG_PARENT: parent_run_id}
+    try:
+        run_trial(cfg, resume=False, extra_tags=tags, on_validate=on_validate)
+    except PrunedTrial:
+        raise optuna.TrialPruned() from None
+    return last["value"]
+
+
+def worker(exp_json: str, parent_run_id: str, n: int, threads: int) -> None:
+    """One worker process: run `n` trials of the study (loaded from its storage)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    exp = Experiment.model_validate_json(exp_json)
+    study = optuna.load_study(study_name=study_name(exp), storage=open_storage(exp), sampler=sampler_for(exp),
+                              pruner=pruner_for(exp))
+    study.optimize(lambda t: objective(exp, parent_run_id, t), n_trials=n,
+                   catch=(NonFiniteLossError,))
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Trials left RUNNING by a killed process will never finish: mark them FAIL so they are replaced."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
+def parent_run(exp: Experiment, uri: str) -> str:
+    """The study's parent MLflow run: reused when the study continues, else created."""
+    name = study_name(exp)
+    existing = tracking.find_runs(uri, exp.name, {tracking.TAG_STUDY: name, "mtbench.study_parent": "true"})
+    if existing:
+        return existing[0]
+    tracker = tracking.Tracker.start(uri, exp.name, f"study-{name}",
+                                     {tracking.TAG_STUDY: name, "mtbench.study_parent": "true",
+                                      tracking.TAG_EXPERIMENT: exp.name})
+    return tracker.run_id
+
+
+def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, report_dir: str = "reports") -> str:
+    """Create or continue the study, run the remaining trials on `launcher.workers` processes, summarise."""
+    if exp.launcher.name != "local":
+        raise MtbenchError("search: studies run on the local launcher in this version; SLURM workers for a "
+                           "study are not implemented yet (use launcher.name: local).")
+    check_space(exp)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(exp)
+    name = study_name(exp)
+    if fresh:
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except KeyError:
+            pass
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction(exp),
+                                sampler=sampler_for(exp), pruner=pruner_for(exp), load_if_exists=True)
+    stale = fail_stale_trials(study)
+    done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED_STATES])
+    remaining = max(0, exp.search.n_trials - done)
+    uri = tracking.resolve_tracking_uri(exp.tracking.uri)
+    tracking.check_tracking_uri(uri)
+    parent = parent_run(exp, uri)
+    if console is not None:
+        console.print(f"[bold]{exp.name}[/]: study {name!r}, {done} of {exp.search.n_trials} trials finished"
+                      + (f", {stale} stale RUNNING marked FAIL" if stale else "")
+                      + f"; running {remaining} on {exp.launcher.workers} worker(s).")
+    workers = min(exp.launcher.workers, remaining)
+    if workers == 1:
+        worker(exp.model_dump_json(), parent, remaining, max(1, os.cpu_count() or 1))
+    elif workers > 1:
+        shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(worker, exp.model_dump_json(), parent, n, threads) for n in shares]
+            for future in futures:
+                future.result()
+    return summarise(exp, study_name=name, storage=storage, parent=parent, uri=uri, report_dir=report_dir)
+
+
+def summarise(exp: Experiment, *, study_name: str, storage: Any, parent: str, uri: str, report_dir: str) -> str:
+    """Counts per state, the best trial; its config is written to reports/<name>/best_config.yaml."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name: sum(t.state == s for t in trials) for s in optuna.trial.TrialState}
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE and not math.isnan(t.value)]
+    lines = [f"study {study_name!r}: " + ", ".join(f"{k.lower()} {v}" for k, v in counts.items() if v)]
+    tracker = tracking.Tracker(tracking._client(uri), parent)
+    if complete:
+        best = study.best_trial
+        cfg = trial_config(exp, best.params, best.number)
+        out = Path(report_dir) / exp.name / "best_config.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        lines.append(f"best: trial {best.number}, val {exp.search.objective} = {best.value:.4g}, params "
+                     f"{best.params}; config written to {out}")
+        tracker.log_metrics({f"best/val/{exp.search.objective}": best.value}, best.number)
+        tracker.set_tags({"mtbench.best_trial": str(best.number)})
+        tracker.log_artifact(out)
+    tracker.set_tags({f"mtbench.trials_{k.lower()}": str(v) for k, v in counts.items()})
+    tracker.end("FINISHED" if counts["COMPLETE"] + counts["PRUNED"] >= exp.search.n_trials else "KILLED")
+    return "\n".join(lines)
