@@ -149,8 +149,9 @@ class SlurmTrial:
         self.trial_json, self.fresh = trial_json, fresh
 
     def __call__(self) -> TrialResult:
+        # Errors propagate: the job ends FAILED and the sweep reports it with the tail of its SLURM log.
         trial = TrialConfig.model_validate_json(self.trial_json)
-        return run_one(trial, fresh=self.fresh)
+        return run_trial(trial, resume=not self.fresh)
 
     def checkpoint(self) -> Any:
         """submitit calls this on SIGUSR2 (preemption, time limit): requeue the same trial, resuming."""
