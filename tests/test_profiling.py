@@ -86,9 +86,12 @@ def test_avg_pool2d_counts_one_per_input_element():
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_registered_models_leave_no_op_uncounted(name):
+    from conftest import model_test_setting
+
     tasks = DATASET_TASKS["synthetic_nyud"]
-    model = build_model(name, tasks=tasks, dataset="synthetic_nyud", backbone="tiny")
-    cost = measure_cost(model, (32, 48))
+    backbone, size = model_test_setting(name)
+    model = build_model(name, tasks=tasks, dataset="synthetic_nyud", backbone=backbone, img_size=size)
+    cost = measure_cost(model, size)
     assert cost.gflops > 0
     assert cost.uncounted_ops == [], f"{name}: ops without a flop handle: {cost.uncounted_ops}"
     assert cost.params_backbone_m + cost.params_shared_m + sum(cost.params_task_m.values()) == pytest.approx(

@@ -18,9 +18,11 @@ from mtbench.tasks import DATASET_FAMILY
 # What --smoke swaps in: the synthetic stand-in of the same dataset family, a tiny backbone, tiny
 # images and a few steps, so any experiment file runs end to end on a CPU in about a minute.
 SMOKE_DATASET = {"nyud": "synthetic_nyud", "pascal_context": "synthetic_pascal"}
-SMOKE_DATASET_OPTIONS = {"height": 48, "width": 64, "num_train": 16, "num_val": 8, "num_test": 8}
+SMOKE_DATASET_OPTIONS = {"height": 64, "width": 64, "num_train": 16, "num_val": 8, "num_test": 8}
 SMOKE_TRAIN = {"steps": 4, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "checkpoint_every": 2}
 SMOKE_BACKBONE = "tiny"
+# Models that need another kind of backbone get the tiny one of that kind (InvPT reads ViT tokens).
+SMOKE_BACKBONE_FOR_MODEL = {"invpt": "vit_test"}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
         raise MtbenchError(f"--smoke: unknown dataset {name!r}; valid: {', '.join(DATASET_FAMILY)}.")
     dataset.update(name=SMOKE_DATASET[family], root=None, protocol=None, options=dict(SMOKE_DATASET_OPTIONS))
     model = data.setdefault("model", {})
-    model.update(backbone=SMOKE_BACKBONE, pretrained=False)
+    model.update(backbone=SMOKE_BACKBONE_FOR_MODEL.get(model.get("name", ""), SMOKE_BACKBONE), pretrained=False)
     train = data.setdefault("train", {})
     train.update(SMOKE_TRAIN)
     train.setdefault("schedule", {})["warmup_steps"] = 1
@@ -118,6 +120,8 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
         for key in [k for k in overrides if k.startswith(("model.backbone", "model.pretrained",
                                                           "dataset.", "train."))]:
             del overrides[key]
+        if overrides.get("model.name") in SMOKE_BACKBONE_FOR_MODEL:
+            overrides["model.backbone"] = SMOKE_BACKBONE_FOR_MODEL[overrides["model.name"]]
     return data
 
 

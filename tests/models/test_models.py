@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import model_test_setting
 
 from mtbench.errors import MtbenchError
 from mtbench.models import build_backbone, build_model
@@ -17,14 +18,17 @@ from mtbench.tasks import DATASET_TASKS, get_task
 def test_model_forward_backward(name, dataset):
     torch.manual_seed(0)
     tasks = DATASET_TASKS[dataset]
-    model = build_model(name, tasks=tasks, dataset=dataset, backbone="tiny")
-    image = torch.randn(2, 3, 40, 56)
+    backbone, (h, w) = model_test_setting(name)
+    model = build_model(name, tasks=tasks, dataset=dataset, backbone=backbone, img_size=(h, w))
+    image = torch.randn(2, 3, h, w)
     out = model(image)
     assert set(out) == set(tasks)
     for task, pred in out.items():
-        assert pred.shape == (2, get_task(task).num_outputs(dataset), 40, 56)
+        assert pred.shape == (2, get_task(task).num_outputs(dataset), h, w)
         assert torch.isfinite(pred).all()
-    sum(p.mean() for p in out.values()).backward()
+    # Deep-supervision heads (model.auxiliary, used by the trainer's loss) get their gradient from there.
+    auxiliary = [p for group in (getattr(model, "auxiliary", None) or {}).values() for p in group.values()]
+    sum(p.mean() for p in [*out.values(), *auxiliary]).backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert count_params(model) > 0
 
