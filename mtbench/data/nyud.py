@@ -19,12 +19,12 @@ import numpy as np
 
 from mtbench.data.transforms import build_transform
 from mtbench.data.tree import (
-    BadSampleError,
     FileSpec,
     TreeDataset,
     check_range,
     check_root,
     check_shape,
+    drop_missing,
     load,
     read_npy,
     read_png,
@@ -131,17 +131,9 @@ def nyud(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | N
     task_tuple = tuple(resolve_tasks("nyud", None if tasks is None else list(tasks)))
     variant = detect_variant(path)
     ids = read_split(path / "gt_sets" / f"{SPLIT_FILES[split]}.txt", "nyud", path)
-    missing = missing_files(path, variant, task_tuple, ids)
-    skipped: list[str] = []
-    if missing and not skip_missing:
-        key, absent = next(iter(missing.items()))
-        spec = VARIANTS[variant][key]
-        raise BadSampleError(f"nyud ({variant}): {len(absent)} of {len(ids)} {split} ids have no {key} file, e.g. "
-                             f"{spec.path(path, absent[0])} (id {absent[0]!r}). Run `mtbench data check nyud --root "
-                             f"{path}`, or set dataset.options.skip_missing: true to drop them.")
-    if missing:
-        skipped = sorted({i for absent in missing.values() for i in absent})
-        ids = [i for i in ids if i not in set(skipped)]
+    ids, skipped = drop_missing(ids, missing_files(path, variant, task_tuple, ids), skip=skip_missing,
+                                dataset=f"nyud ({variant})", split=split, root=path,
+                                example=lambda key, i: VARIANTS[variant][key].path(path, i))
     image_size = "x".join(map(str, read_rgb(VARIANTS[variant]["image"].path(path, ids[0])).shape[:2]))
     transform = build_transform(protocol, family="nyud", train=split == "train",
                                 crop_size=tuple(crop_size) if crop_size else None,

@@ -34,6 +34,7 @@ from mtbench.data.tree import (
     check_range,
     check_root,
     check_shape,
+    drop_missing,
     load,
     read_mat,
     read_png,
@@ -205,17 +206,10 @@ def pascal_context(*, root: str | Path | None = None, split: str, tasks: Sequenc
                            "val.txt, the split papers report).")
     task_tuple = tuple(resolve_tasks("pascal_context", None if tasks is None else list(tasks)))
     ids = read_split(path / "ImageSets" / "Context" / f"{SPLIT_FILES[split]}.txt", "pascal_context", path)
-    missing = missing_files(path, task_tuple, ids)
-    skipped: list[str] = []
-    if missing and not skip_missing:
-        key, absent = next(iter(missing.items()))
-        example = FILES[key].path(path, absent[0]) if key != "semseg" else FILES["semseg"].path(path, absent[0])
-        raise BadSampleError(f"pascal_context: {len(absent)} of {len(ids)} {split} ids have no {key} file, e.g. "
-                             f"{example} (id {absent[0]!r}). Run `mtbench data check pascal_context --root {path}`, "
-                             "or set dataset.options.skip_missing: true to drop them.")
-    if missing:
-        skipped = sorted({i for absent in missing.values() for i in absent})
-        ids = [i for i in ids if i not in set(skipped)]
+    ids, skipped = drop_missing(ids, missing_files(path, task_tuple, ids), skip=skip_missing,
+                                dataset="pascal_context", split=split, root=path,
+                                example=lambda key, i: (semseg_spec(path, i) if key == "semseg" else FILES[key]).path(
+                                    path, i))
     transform = build_transform(protocol, family="pascal_context", train=split == "train",
                                 crop_size=tuple(crop_size) if crop_size else None,
                                 pad_to=tuple(pad_to) if pad_to else None)
