@@ -103,17 +103,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="TF32 matmuls too (PyTorch enables TF32 for cuDNN convs but not for matmuls by default)")
     parser.add_argument("--option", action="append", default=[], help="DeMT option k=v (YAML value)")
     args = parser.parse_args()
     import yaml
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     tasks = DATASET_TASKS[args.dataset]
     size = (args.height, args.width)
     demt_options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.option)}
     result: dict[str, object] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                                  "threads": torch.get_num_threads(), "input": f"{args.height}x{args.width}",
-                                 "batch": args.batch, "amp_bf16": args.amp, "demt_options": demt_options}
+                                 "batch": args.batch, "amp_bf16": args.amp, "tf32_matmul": args.tf32,
+                                 "demt_options": demt_options}
     for name, options in (("shared_encoder", {}), ("demt", demt_options)):
         torch.manual_seed(0)
         model = build_model(name, tasks=tasks, dataset=args.dataset, backbone=args.backbone, img_size=size, **options)

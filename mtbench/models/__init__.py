@@ -8,7 +8,7 @@ import inspect
 from torch import nn
 
 from mtbench.errors import MtbenchError
-from mtbench.models import backbones, baselines, demt  # noqa: F401  (registers entries)
+from mtbench.models import backbones, baselines, demt, invpt, mtinet, padnet  # noqa: F401  (registers entries)
 from mtbench.models.backbones import build_backbone
 from mtbench.registry import BACKBONES, MODELS
 

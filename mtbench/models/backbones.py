@@ -1,7 +1,8 @@
 """Backbones from timm (the only module that imports timm), always returning NCHW feature lists.
 
 Each registered backbone yields the maps at strides 4, 8, 16 and 32 (the stride-2 stem of CNNs is
-dropped), with their channel counts read from timm's `feature_info`, never hard-coded.
+dropped), with their channel counts read from timm's `feature_info`, never hard-coded. ViT backbones
+(`vit_*`, built by `build_vit_backbone`) are the exception: four token maps at stride 16 (for InvPT).
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ def create_backbone(timm_name: str, *, pretrained: bool | str, img_size: tuple[i
     kwargs: dict[str, object] = dict(features_only=True, **timm_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
+    model = _create_timm(timm_name, pretrained=pretrained, **kwargs)
+    info = model.feature_info
+    keep = [i for i, r in enumerate(info.reduction()) if r >= 4]
+    nhwc = str(getattr(model, "output_fmt", "NCHW")).endswith("NHWC")
+    return Backbone(model, keep=keep, channels_last_output=nhwc)
+
+
+def _create_timm(timm_name: str, *, pretrained: bool | str, **kwargs: object) -> nn.Module:
+    """`timm.create_model` with mtbench's pretrained rules: a local path, or True only when the hub answers."""
     if isinstance(pretrained, str):
         path = Path(pretrained).expanduser()
         if not path.is_file():
@@ -60,7 +70,7 @@ def create_backbone(timm_name: str, *, pretrained: bool | str, img_size: tuple[i
         if pretrained:
             _require_hub(timm_name)
     try:
-        model = timm.create_model(timm_name, **kwargs)
+        return timm.create_model(timm_name, **kwargs)
     except (OSError, RuntimeError, ValueError) as err:
         if pretrained is True:
             raise MtbenchError(
@@ -72,10 +82,6 @@ def create_backbone(timm_name: str, *, pretrained: bool | str, img_size: tuple[i
             raise MtbenchError(f"model.pretrained: could not load {pretrained!r} into {timm_name!r}: "
                                f"{err}") from None
         raise
-    info = model.feature_info
-    keep = [i for i, r in enumerate(info.reduction()) if r >= 4]
-    nhwc = str(getattr(model, "output_fmt", "NCHW")).endswith("NHWC")
-    return Backbone(model, keep=keep, channels_last_output=nhwc)
 
 
 def _require_hub(timm_name: str, timeout: float = 3.0) -> None:
@@ -118,6 +124,91 @@ _register("hrnet_w48", "hrnet_w48", feature_location="")
 
 
 def build_backbone(name: str, *, pretrained: bool | str = False,
-                   img_size: tuple[int, int] | None = None) -> Backbone:
+                   img_size: tuple[int, int] | None = None) -> Backbone | ViTBackbone:
     """Build the registered backbone `name` (see `mtbench list`)."""
     return BACKBONES.get(name)(pretrained=pretrained, img_size=img_size)
+
+
+# ------------------------------------------------------------------------------------------- ViT
+class ViTBackbone(nn.Module):
+    """A timm ViT returning its token maps after `taps` blocks, as NCHW maps at stride `patch_size`.
+
+    Not a 4-scale pyramid: every map has the same stride and width. The last map gets the final
+    LayerNorm when it is the output of the last block (as InvPT taps ViT-L); the others are raw block
+    outputs. Position embeddings are built for `img_size` and resampled for other input sizes.
+    """
+
+    def __init__(self, model: nn.Module, *, taps: list[int]) -> None:
+        super().__init__()
+        self.model = model
+        self.taps = taps
+        self.patch_size: int = model.patch_embed.patch_size[0]
+        self.channels: list[int] = [model.embed_dim] * len(taps)
+        self.reductions: list[int] = [self.patch_size] * len(taps)
+        self.norm_last = taps[-1] == len(model.blocks) - 1
+
+    def check_input(self, size: tuple[int, int] | torch.Size) -> None:
+        """Raise MtbenchError unless the patch size divides both sides of `size`."""
+        if any(int(s) % self.patch_size for s in size):
+            raise MtbenchError(f"input size {int(size[0])}x{int(size[1])} is not divisible by the ViT patch size "
+                               f"{self.patch_size}: crop or pad images to multiples of {self.patch_size} "
+                               "(dataset.options crop_size / pad_to, or height/width for synthetic data).")
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.check_input(x.shape[-2:])
+        maps = self.model.forward_intermediates(x, indices=self.taps, norm=False, intermediates_only=True)
+        if self.norm_last:
+            maps[-1] = self.model.norm(maps[-1].permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return maps
+
+
+def create_vit(timm_name: str, *, pretrained: bool | str, img_size: tuple[int, int] | None = None,
+               drop_path_rate: float = 0.0) -> ViTBackbone:
+    """Build timm ViT `timm_name` (no classifier) tapped after blocks depth/4, depth/2, 3*depth/4 and depth.
+
+    ViT-L/16: blocks 6, 12, 18, 24 (InvPT); ViT-B/16: 3, 6, 9, 12. `img_size` sizes the position
+    embeddings (timm resamples pretrained ones to it); other input sizes resample them per forward.
+    """
+    kwargs: dict[str, object] = dict(num_classes=0, dynamic_img_size=True, drop_path_rate=drop_path_rate)
+    if img_size is not None:
+        kwargs["img_size"] = tuple(img_size)
+    model = _create_timm(timm_name, pretrained=pretrained, **kwargs)
+    depth = len(model.blocks)
+    backbone = ViTBackbone(model, taps=[round(depth * k / 4) - 1 for k in (1, 2, 3, 4)])
+    if img_size is not None:
+        backbone.check_input(img_size)
+    return backbone
+
+
+def _register_vit(name: str, timm_name: str) -> None:
+    def build(*, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+              drop_path_rate: float = 0.0) -> ViTBackbone:
+        return create_vit(timm_name, pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)
+
+    build.__doc__ = f"timm `{timm_name}` token maps after 4 blocks, NCHW at stride 16 (for InvPT)."
+    build.timm_name = timm_name  # type: ignore[attr-defined]
+    build.is_vit = True  # type: ignore[attr-defined]
+    BACKBONES.register(name)(build)
+
+
+# The 384 checkpoints are the ones InvPT started from (ImageNet-21k, fine-tuned on 1k at 384).
+_register_vit("vit_large_patch16", "vit_large_patch16_384")
+_register_vit("vit_base_patch16", "vit_base_patch16_384")
+_register_vit("vit_tiny_patch16", "vit_tiny_patch16_384")
+# timm's 64-wide, 6-block test ViT (0.31M parameters, taps after blocks 2, 3, 4, 6): for tests and CPU runs.
+_register_vit("vit_test", "test_vit")
+
+
+def vit_backbone_names() -> list[str]:
+    """Names of the registered ViT backbones (those that return token maps)."""
+    return [n for n in BACKBONES.names() if getattr(BACKBONES.get(n), "is_vit", False)]
+
+
+def build_vit_backbone(name: str, *, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+                       drop_path_rate: float = 0.0) -> ViTBackbone:
+    """Build registered ViT backbone `name`; any other backbone is a user error naming the ViTs."""
+    builder = BACKBONES.get(name)
+    if not getattr(builder, "is_vit", False):
+        raise MtbenchError(f"backbone {name!r} is not a ViT: this model needs the token maps of a vision "
+                           f"transformer. Use one of: {', '.join(vit_backbone_names())}.")
+    return builder(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)
