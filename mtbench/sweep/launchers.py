@@ -40,12 +40,12 @@ class SweepPlan:
 def plan_sweep(trials: list[TrialConfig], *, fresh: bool = False) -> SweepPlan:
     """Look every trial up in its tracking store; FINISHED ones are done unless `fresh`."""
     plan = SweepPlan()
+    stores: dict[tuple[str, str], dict[str, tracking.TrialRecord]] = {}
     for trial in trials:
-        uri = tracking.resolve_tracking_uri(trial.tracking.uri)
-        store_key = f"{uri}\0{trial.experiment}"
-        if store_key not in _records_cache:
-            _records_cache[store_key] = tracking.trial_records(uri, trial.experiment)
-        record = _records_cache[store_key].get(trial.id)
+        store = (tracking.resolve_tracking_uri(trial.tracking.uri), trial.experiment)
+        if store not in stores:
+            stores[store] = tracking.trial_records(*store)
+        record = stores[store].get(trial.id)
         if record is not None:
             plan.records[trial.id] = record
         if record is not None and record.status == "FINISHED" and not fresh:
@@ -53,11 +53,7 @@ def plan_sweep(trials: list[TrialConfig], *, fresh: bool = False) -> SweepPlan:
                                                  run_id=record.run_id, status="FINISHED", metrics=record.metrics)))
         else:
             plan.todo.append(trial)
-    _records_cache.clear()
     return plan
-
-
-_records_cache: dict[str, dict[str, tracking.TrialRecord]] = {}
 
 
 def run_one(trial: TrialConfig, *, fresh: bool, progress: Any = None) -> TrialResult:
