@@ -193,8 +193,13 @@ def launch_slurm(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: 
     folder = slurm_folder(trials[0])
     folder.mkdir(parents=True, exist_ok=True)
     executor = slurm_executor(folder, launcher)
-    with executor.batch():
-        jobs = [executor.submit(SlurmTrial(t.model_dump_json(), fresh)) for t in trials]
+    try:
+        with executor.batch():
+            jobs = [executor.submit(SlurmTrial(t.model_dump_json(), fresh)) for t in trials]
+    except Exception as err:  # noqa: BLE001 - sbatch's refusal reaches us as several exception types
+        raise MtbenchError(f"launcher: sbatch refused the job array ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())[:600]}). Check launcher.partition/account/qos and the "
+                           "launcher.sbatch keys.") from None
     record_jobs(folder, {t.id: job.job_id for t, job in zip(trials, jobs, strict=True)})
     for trial, job in zip(trials, jobs, strict=True):
         if update is not None:

@@ -68,3 +68,11 @@ def test_failing_trial_is_reported_with_its_slurm_log_tail(tmp_path, slurm_clust
     result = run_cli("run", "f.yaml", "-o", "dataset.options={}", cwd=tmp_path, timeout=900)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "failed" in result.stderr and "no_such_folder" in result.stderr
+
+
+def test_options_sbatch_rejects_are_a_clear_error_before_any_trial_runs(tmp_path, slurm_cluster):
+    (tmp_path / "b.yaml").write_text(BASE.format(name="b", steps=4, partition="no_such_partition"))
+    result = run_cli("run", "b.yaml", cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "sbatch refused" in result.stderr and "no_such_partition" in result.stderr
+    assert not (tmp_path / "mlruns.db").exists() or tracking.find_runs(f"sqlite:///{tmp_path}/mlruns.db", "b", {}) == []
