@@ -119,6 +119,10 @@ def print_trial_table(trials: list, title: str) -> None:
 
 def print_results(name: str, results: list) -> None:
     """The primary test metric of every task per trial; exit 2 listing the failed trials."""
+    from mtbench.engine.distributed import env_from
+
+    if not env_from().is_main:  # the other processes of a data-parallel run have no metrics to show
+        return
     from mtbench.metrics import METRIC_DIRECTIONS
     from mtbench.tasks import TASK_NAMES, TASKS
 

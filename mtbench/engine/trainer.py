@@ -52,7 +52,7 @@ def auxiliary_loss(model: nn.Module, task_losses: dict[str, nn.Module], weights:
     (e.g. MTI-Net's per-scale initial predictions, InvPT's per-stage ones); predictions smaller than the
     label are upsampled bilinearly first. Returns sum over names and tasks of w_t * L_t, or None.
     """
-    auxiliary = getattr(model, "auxiliary", None)
+    auxiliary = getattr(getattr(model, "module", model), "auxiliary", None)  # DDP keeps the model in .module
     if not auxiliary:
         return None
     total = None

@@ -24,6 +24,7 @@ import mtbench
 from mtbench import tracking
 from mtbench.config.schema import TrialConfig
 from mtbench.data import DEFAULT_PROTOCOL, build_dataset
+from mtbench.engine import distributed
 from mtbench.engine.batching import StepBatchSampler, collate
 from mtbench.engine.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from mtbench.engine.evaluate import evaluate
@@ -154,12 +155,16 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
     folder = trial_dir(cfg)
     if resume and (folder / RESULT).is_file():
         return TrialResult(**json.loads((folder / RESULT).read_text()))
-    device = resolve_device(cfg.train.device)
+    dist_env = distributed.env_from()
+    device = distributed.setup(dist_env, resolve_device(cfg.train.device))
+    distributed.check_batch(cfg.train.batch_size, dist_env)
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     tracking.check_tracking_uri(uri)
-    prepare_output(folder)
-    if not resume:
-        clear_trial(cfg)
+    if dist_env.is_main:
+        prepare_output(folder)
+        if not resume:
+            clear_trial(cfg)
+    distributed.barrier(dist_env)
 
     tasks = resolve_tasks(cfg.dataset.name, cfg.dataset.tasks)
     protocol = cfg.dataset.protocol or DEFAULT_PROTOCOL.get(cfg.dataset.name)
@@ -203,6 +208,9 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
             "mtbench.protocol": str(protocol),
             **skipped_tags(datasets),
             "mtbench.version": mtbench.__version__}
+    if not dist_env.is_main:  # the other ranks of a data-parallel trial only train
+        return train_other_rank(cfg, model, weighting, task_losses, optimizer, datasets["train"], device=device,
+                                start_step=start_step, env=dist_env)
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
     resolved = cfg.model_dump()
     tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(tasks),
@@ -213,10 +221,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
     eval_loaders = {split: DataLoader(datasets[split], batch_size=cfg.train.eval_batch_size, shuffle=False,
                                       collate_fn=collate, num_workers=cfg.train.num_workers)
                     for split in ("val", "test")}
-    train_loader = DataLoader(datasets["train"], collate_fn=collate, num_workers=cfg.train.num_workers,
-                              batch_sampler=StepBatchSampler(len(datasets["train"]), cfg.train.batch_size,
-                                                             seed=cfg.seed, steps=cfg.train.steps,
-                                                             start=start_step))
+    train_loader = train_loader_for(cfg, datasets["train"], start_step, dist_env)
 
     def validate(step: int) -> None:
         metrics = evaluate(model, eval_loaders["val"], meters, device=device, amp=cfg.train.amp,
@@ -227,6 +232,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
             save_checkpoint(best_path, {"model": model.state_dict(), "step": step, "value": selection.value})
         if on_validate is not None:
             on_validate(step, metrics)
+        distributed.barrier(dist_env)
 
     def checkpoint(step: int) -> None:
         save_checkpoint(checkpoint_path, {
@@ -237,7 +243,8 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
             "git_commit": tags[tracking.TAG_GIT_COMMIT]})
 
     try:
-        fit(model, weighting, task_losses, train_loader, optimizer, cfg.train, device=device,
+        fit(distributed.wrap(model, dist_env, device), weighting, task_losses, train_loader, optimizer, cfg.train,
+            device=device,
             start_step=start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
             log_fn=tracker.log_metrics, progress=progress)
         validate(cfg.train.steps)
@@ -258,6 +265,8 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
                           "select_metric": selection.metric, **test_metrics}, "final_metrics.json")
         write_text_atomic(folder / RESULT, json.dumps(asdict(result), indent=2))
         tracker.end("FINISHED")
+        distributed.barrier(dist_env)
+        distributed.teardown(dist_env)
     except PrunedTrial:
         tracker.set_tags({tracking.TAG_PRUNED: "true"})
         tracker.end("KILLED")
@@ -266,6 +275,30 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
         tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     return result
+
+
+def train_loader_for(cfg: TrialConfig, dataset: Any, start_step: int, env: distributed.DistEnv) -> DataLoader:
+    """The batches of steps start_step.. (this rank's shard of each global batch in a data-parallel trial)."""
+    batches = StepBatchSampler(len(dataset), cfg.train.batch_size, seed=cfg.seed, steps=cfg.train.steps,
+                               start=start_step)
+    if env.enabled:
+        batches = distributed.ShardedBatchSampler(batches, env)
+    return DataLoader(dataset, collate_fn=collate, num_workers=cfg.train.num_workers, batch_sampler=batches)
+
+
+def train_other_rank(cfg: TrialConfig, model: torch.nn.Module, weighting: torch.nn.Module,
+                     task_losses: dict[str, Any], optimizer: torch.optim.Optimizer, dataset: Any, *,
+                     device: torch.device, start_step: int, env: distributed.DistEnv) -> TrialResult:
+    """A rank > 0 of a data-parallel trial: train its shards in step with rank 0, which does everything else."""
+    fit(distributed.wrap(model, env, device), weighting, task_losses, train_loader_for(cfg, dataset, start_step, env),
+        optimizer, cfg.train, device=device, start_step=start_step,
+        evaluate_fn=lambda step: distributed.barrier(env), checkpoint_fn=lambda step: None,
+        log_fn=lambda metrics, step: None)
+    distributed.barrier(env)  # rank 0's final validation
+    distributed.barrier(env)  # rank 0's test evaluation and result
+    distributed.teardown(env)
+    return TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id="", status="FINISHED",
+                       metrics={}, wall_time_s=0.0)
 
 
 def final_test_meters(tasks: tuple[str, ...], dataset: str) -> dict[str, Any]:

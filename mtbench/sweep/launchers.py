@@ -165,8 +165,9 @@ def slurm_executor(folder: Path, launcher: LauncherConfig) -> Any:
 
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster="slurm")
     params: dict[str, Any] = {"timeout_min": launcher.time_min, "cpus_per_task": launcher.cpus_per_task,
-                              "slurm_array_parallelism": launcher.array_parallelism, "tasks_per_node": 1,
-                              "nodes": 1}
+                              "slurm_array_parallelism": launcher.array_parallelism, "nodes": 1,
+                              # One task per GPU: each joins the trial's process group (mtbench.engine.distributed).
+                              "tasks_per_node": max(1, launcher.gpus_per_node)}
     for key, value in (("slurm_partition", launcher.partition), ("slurm_account", launcher.account),
                        ("slurm_qos", launcher.qos), ("mem_gb", launcher.mem_gb)):
         if value is not None:

@@ -1,0 +1,105 @@
+"""Data-parallel trials: one process per GPU (torchrun or SLURM tasks), torch.distributed with DDP.
+
+The process group comes from the environment: torchrun's RANK / WORLD_SIZE / LOCAL_RANK, or SLURM's
+SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID when a job runs several tasks. Each step's global batch
+(mtbench.engine.batching) is cut into equal contiguous shards, one per rank; DDP averages the gradients,
+which equals the gradient of the global batch when every loss is a mean over the same number of
+elements per shard (no ignored pixels) and the model has no batch statistics: BatchNorm normalises each
+shard with its own statistics (SyncBatchNorm would share them), so a BN model trains differently from
+one process on the same global batch. Rank 0 alone tracks, evaluates and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import Sampler
+
+from mtbench.errors import MtbenchError
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in a data-parallel trial (world_size 1: a plain single-process trial)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_from(environ: Mapping[str, str] | None = None) -> DistEnv:
+    """Read the process's rank from torchrun's variables, else from SLURM's when the job has several tasks."""
+    environ = os.environ if environ is None else environ
+    if "RANK" in environ and "WORLD_SIZE" in environ:
+        return DistEnv(int(environ["RANK"]), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", 0)))
+    if int(environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in environ:
+        return DistEnv(int(environ["SLURM_PROCID"]), int(environ["SLURM_NTASKS"]),
+                       int(environ.get("SLURM_LOCALID", 0)))
+    return DistEnv()
+
+
+def setup(env: DistEnv, device: torch.device) -> torch.device:
+    """Join the process group (gloo on CPU, NCCL on GPUs); returns this rank's device."""
+    if not env.enabled:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 1000))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank,
+                                world_size=env.world_size)
+    return device
+
+
+def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn.Module:
+    """DDP around `model` in a data-parallel trial (the same module: evaluation uses it unwrapped)."""
+    if not env.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
+
+
+def teardown(env: DistEnv) -> None:
+    if env.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch(batch_size: int, env: DistEnv) -> None:
+    if batch_size % env.world_size:
+        raise MtbenchError(f"train.batch_size {batch_size} is the global batch of a {env.world_size}-process "
+                           f"trial and must be divisible by {env.world_size}.")
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """This rank's contiguous shard of every global batch of `batches`."""
+
+    def __init__(self, batches: Sampler[list[int]], env: DistEnv) -> None:
+        self.batches, self.env = batches, env
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            per = len(batch) // self.env.world_size
+            yield batch[self.env.rank * per:(self.env.rank + 1) * per]
+
+    def __len__(self) -> int:
+        return len(self.batches)
