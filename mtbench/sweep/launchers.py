@@ -284,3 +284,27 @@ def attach(trials: list[TrialConfig], *, update: Update | None = None, poll_s: f
 
     jobs = [submitit.SlurmJob(folder=slurm_folder(t) / "%j", job_id=known[t.id]) for t in follow]
     return [*(r for _, r in plan.done), *follow_jobs(follow, jobs, update=update, poll_s=poll_s)]
+
+
+def run_calls_on_slurm(fn: Callable[..., Any], calls: list[tuple[Any, ...]], launcher: LauncherConfig,
+                       folder: Path, poll_s: float = 2.0) -> None:
+    """Run `fn(*args)` for each args tuple as one SLURM job array and wait (e.g. Optuna study workers).
+
+    A failed job is a MtbenchError carrying the tail of its SLURM log.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    executor = slurm_executor(folder, launcher)
+    try:
+        with executor.batch():
+            jobs = [executor.submit(fn, *args) for args in calls]
+    except Exception as err:  # noqa: BLE001 - sbatch's refusal reaches us as several exception types
+        raise MtbenchError(f"launcher: sbatch refused the job array ({type(err).__name__}: "
+                           f"{' '.join(str(err).split())[:600]}).") from None
+    while not all(job.done() for job in jobs):
+        time.sleep(poll_s)
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as err:  # noqa: BLE001 - submitit raises several kinds for failed/cancelled jobs
+            raise MtbenchError(f"SLURM job {job.job_id} failed ({type(err).__name__}: "
+                               f"{str(err).splitlines()[0] if str(err) else ''})\n{log_tail(job)}") from None

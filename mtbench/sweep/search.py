@@ -5,8 +5,10 @@ nested under one parent run for the study. Validation results are reported to th
 evaluation; a pruned trial's run ends KILLED and tagged `mtbench.pruned`. Storage: a sqlite file by
 default, `journal:<path>` (JournalFileBackend, for a shared filesystem) or any SQLAlchemy URL. Local
 workers (`launcher.workers`) are processes on the same storage that share out the remaining trials,
-so together they finish exactly `n_trials` (COMPLETE + PRUNED). Rerunning the command continues the
-study: trials left RUNNING by a killed process are marked FAIL and replaced.
+so together they finish exactly `n_trials` (COMPLETE + PRUNED); with `launcher: slurm` the workers are
+the tasks of one job array (the storage must be reachable from the nodes). Rerunning the command
+continues the study: trials left RUNNING by a killed process are marked FAIL and replaced (do not run two
+coordinators of one study at once).
 """
 
 from __future__ import annotations
@@ -174,9 +176,6 @@ def parent_run(exp: Experiment, uri: str) -> str:
 
 def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, report_dir: str = "reports") -> str:
     """Create or continue the study, run the remaining trials on `launcher.workers` processes, summarise."""
-    if exp.launcher.name != "local":
-        raise MtbenchError("search: studies run on the local launcher in this version; SLURM workers for a "
-                           "study are not implemented yet (use launcher.name: local).")
     check_space(exp)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(exp)
@@ -199,10 +198,16 @@ def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, repo
                       + (f", {stale} stale RUNNING marked FAIL" if stale else "")
                       + f"; running {remaining} on {exp.launcher.workers} worker(s).")
     workers = min(exp.launcher.workers, remaining)
-    if workers == 1:
+    shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)] if workers else []
+    if exp.launcher.name == "slurm" and workers:
+        from mtbench.sweep.launchers import run_calls_on_slurm
+
+        tracking.ensure_store(uri)
+        run_calls_on_slurm(worker, [(exp.model_dump_json(), parent, n, exp.launcher.cpus_per_task) for n in shares],
+                           exp.launcher, Path(exp.output_dir) / exp.name / "slurm")
+    elif workers == 1:
         worker(exp.model_dump_json(), parent, remaining, max(1, os.cpu_count() or 1))
     elif workers > 1:
-        shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:

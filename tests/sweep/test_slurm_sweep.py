@@ -76,3 +76,20 @@ def test_options_sbatch_rejects_are_a_clear_error_before_any_trial_runs(tmp_path
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "sbatch refused" in result.stderr and "no_such_partition" in result.stderr
     assert not (tmp_path / "mlruns.db").exists() or tracking.find_runs(f"sqlite:///{tmp_path}/mlruns.db", "b", {}) == []
+
+
+def test_study_workers_run_as_slurm_jobs_and_finish_exactly_n_trials(tmp_path, slurm_cluster):
+    import optuna
+
+    (tmp_path / "s.yaml").write_text(BASE.format(name="s", steps=4, partition=slurm_cluster).replace(
+        "array_parallelism: 4}", "array_parallelism: 4, workers: 2}") + """search:
+  objective: semseg/mIoU
+  n_trials: 3
+  space: {train.optimizer.lr: {type: float, low: 0.001, high: 0.05, log: true}}
+""")
+    result = run_cli("run", "s.yaml", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/runs/s/optuna.db")
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    assert len(tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "s")) == 4  # 3 trials + the parent run
+    assert len(list((tmp_path / "runs" / "s" / "slurm").glob("[0-9]*_[0-9]*"))) == 2  # one array of 2 worker jobs
