@@ -229,13 +229,15 @@ def follow_jobs(trials: list[TrialConfig], jobs: list[Any], *, update: Update | 
         for trial, job in zip(trials, jobs, strict=True):
             if trial.key in results:
                 continue
+            detail = f"job {job.job_id}"
             if job.done():
                 results[trial.key] = job_result(trial, job)
                 state = "done" if results[trial.key].status == "FINISHED" else "failed"
+                detail += f", run {results[trial.key].run_id}" if results[trial.key].run_id else ""
             else:
                 state = str(job.state).lower()
             if update is not None and seen.get(trial.key) != state:
-                update(trial, state, f"job {job.job_id}")
+                update(trial, state, detail)
                 seen[trial.key] = state
         if len(results) < len(jobs):
             time.sleep(poll_s)
