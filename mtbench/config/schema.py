@@ -108,8 +108,11 @@ class ParamSpec(Strict):
 class SearchConfig(Strict):
     """An Optuna study over the experiment's base config (mtbench.sweep.search)."""
 
-    # A validation metric as logged, e.g. "semseg/mIoU" (read from val/<objective>).
+    # A validation metric as logged, e.g. "semseg/mIoU" (read from val/<objective>), or "delta_m": Δm in
+    # percent against `reference` over the tasks whose primary metric both have.
     objective: str
+    # For delta_m: "published:<row>" (baselines/published_results.yaml) or {metric key: value}.
+    reference: str | dict[str, float] | None = None
     # Default: the metric's own direction (higher mIoU, lower rmse).
     direction: Literal["maximize", "minimize"] | None = None
     space: dict[str, ParamSpec] = Field(min_length=1)
@@ -120,6 +123,13 @@ class SearchConfig(Strict):
     # file for a shared filesystem; otherwise any SQLAlchemy URL (e.g. postgresql://...).
     storage: str | None = None
     study_name: str | None = None
+
+
+    @model_validator(mode="after")
+    def _reference(self) -> SearchConfig:
+        if self.objective == "delta_m" and self.reference is None:
+            raise ValueError("objective delta_m needs `reference`: published:<row> or {metric: value, ...}")
+        return self
 
 
 class LauncherConfig(Strict):

@@ -58,10 +58,41 @@ def open_storage(exp: Experiment) -> Any:
                            "writable sqlite:///path, journal:/shared/path.log, or a reachable database URL.") from None
 
 
+def reference_metrics(exp: Experiment) -> dict[str, float]:
+    """The Δm reference of a delta_m objective: a published row or the values given in the config."""
+    ref = exp.search.reference
+    if isinstance(ref, dict):
+        return dict(ref)
+    if not str(ref).startswith("published:"):
+        raise MtbenchError(f"search.reference: {ref!r} must be published:<row> or a mapping of metric values.")
+    from mtbench.report.published import published_row
+
+    return published_row(str(ref)[len("published:"):]).metrics
+
+
+def objective_value(exp: Experiment, metrics: dict[str, float], reference: dict[str, float] | None) -> float:
+    """The study's objective from one validation's metrics."""
+    if exp.search.objective != "delta_m":
+        if exp.search.objective not in metrics:
+            raise MtbenchError(f"search.objective: validation logs no {exp.search.objective!r}; it logs "
+                               f"{', '.join(sorted(metrics))}.")
+        return metrics[exp.search.objective]
+    from mtbench.metrics import delta_m
+    from mtbench.tasks import get_task, resolve_tasks
+
+    tasks = [t for t in resolve_tasks(exp.dataset.name, exp.dataset.tasks)
+             if get_task(t).primary_metric in metrics and get_task(t).primary_metric in reference]
+    if not tasks:
+        raise MtbenchError("search.reference: no task's primary metric is both validated and in the reference.")
+    return delta_m(metrics, reference, tasks=tasks)
+
+
 def direction(exp: Experiment) -> str:
-    """The configured direction, or the objective metric's own (mIoU up, rmse down)."""
+    """The configured direction, or the objective metric's own (mIoU up, rmse down; Δm up)."""
     if exp.search.direction is not None:
         return exp.search.direction
+    if exp.search.objective == "delta_m":
+        return "maximize"
     if exp.search.objective not in METRIC_DIRECTIONS:
         raise MtbenchError(f"search.objective: {exp.search.objective!r} is not a known metric; give "
                            "search.direction (maximize/minimize) or a metric like semseg/mIoU.")
@@ -123,11 +154,10 @@ def objective(exp: Experiment, parent_run_id: str, trial: optuna.Trial) -> float
     cfg = trial_config(exp, params, trial.number)
     last: dict[str, float] = {}
 
+    reference = reference_metrics(exp) if exp.search.objective == "delta_m" else None
+
     def on_validate(step: int, metrics: dict[str, float]) -> None:
-        if exp.search.objective not in metrics:
-            raise MtbenchError(f"search.objective: validation logs no {exp.search.objective!r}; it logs "
-                               f"{', '.join(sorted(metrics))}.")
-        last["value"] = metrics[exp.search.objective]
+        last["value"] = objective_value(exp, metrics, reference)
         trial.report(last["value"], step)
         if step < exp.train.steps and trial.should_prune():
             raise PrunedTrial(f"pruned at step {step}")
@@ -177,6 +207,8 @@ def parent_run(exp: Experiment, uri: str) -> str:
 def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, report_dir: str = "reports") -> str:
     """Create or continue the study, run the remaining trials on `launcher.workers` processes, summarise."""
     check_space(exp)
+    if exp.search.objective == "delta_m":
+        reference_metrics(exp)  # an unknown published row fails now, not in the first trial
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(exp)
     name = study_name(exp)

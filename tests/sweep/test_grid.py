@@ -104,3 +104,23 @@ def test_slurm_without_sbatch_is_refused_before_submission(write_yaml, monkeypat
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(MtbenchError, match="sbatch"):
         launchers.slurm_executor(Path("x"), LauncherConfig(name="slurm"))
+
+
+def test_delta_m_objective_against_given_values_and_its_bad_inputs(write_yaml):
+    from mtbench.sweep.search import direction, objective_value, reference_metrics
+
+    path = write_yaml("g.yaml", BASE + """dataset: {name: synthetic_nyud, tasks: [semseg, depth]}
+search:
+  objective: delta_m
+  reference: {semseg/mIoU: 38.0, depth/rmse: 0.62}
+  space: {train.optimizer.lr: {type: float, low: 0.001, high: 0.1}}
+""")
+    exp = load_experiment(path)
+    # Δm = 100/2 · ((40 − 38)/38 − (0.60 − 0.62)/0.62) = +4.2445 (mtbench.metrics.delta_m's worked example).
+    value = objective_value(exp, {"semseg/mIoU": 40.0, "depth/rmse": 0.60, "edge/loss_bce": 1.0},
+                            reference_metrics(exp))
+    assert value == pytest.approx(4.2445, abs=1e-4) and direction(exp) == "maximize"
+    with pytest.raises(MtbenchError, match="needs `reference`"):
+        load_experiment(path, ["search.reference=null"])
+    with pytest.raises(MtbenchError, match="no published row"):
+        reference_metrics(load_experiment(path, ["search.reference=published:ATRC/nyudd"]))
