@@ -196,6 +196,9 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
         start_step, run_id = int(state["step"]), state["run_id"]
         selection.value, selection.step = state["best_value"], state["best_step"]
 
+    if not dist_env.is_main:  # the other ranks of a data-parallel trial only train (no cost count, no run)
+        return train_other_rank(cfg, model, weighting, task_losses, optimizer, datasets["train"], device=device,
+                                start_step=start_step, env=dist_env)
     cost = measure_cost(model, img_size)
     tags = {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_VARIANT: cfg.variant,
             tracking.TAG_SEED: str(cfg.seed), tracking.TAG_MODEL: cfg.model.name,
@@ -208,9 +211,6 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
             "mtbench.protocol": str(protocol),
             **skipped_tags(datasets),
             "mtbench.version": mtbench.__version__}
-    if not dist_env.is_main:  # the other ranks of a data-parallel trial only train
-        return train_other_rank(cfg, model, weighting, task_losses, optimizer, datasets["train"], device=device,
-                                start_step=start_step, env=dist_env)
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
     resolved = cfg.model_dump()
     tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(tasks),
@@ -244,8 +244,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
 
     try:
         fit(distributed.wrap(model, dist_env, device), weighting, task_losses, train_loader, optimizer, cfg.train,
-            device=device,
-            start_step=start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
+            device=device, start_step=start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
             log_fn=tracker.log_metrics, progress=progress)
         validate(cfg.train.steps)
         tested_step = cfg.train.steps

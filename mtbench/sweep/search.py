@@ -184,11 +184,14 @@ def worker(exp_json: str, parent_run_id: str, n: int, threads: int) -> None:
                    catch=(NonFiniteLossError,))
 
 
-def fail_stale_trials(study: optuna.Study) -> int:
-    """Trials left RUNNING by a killed process will never finish: mark them FAIL so they are replaced."""
+def fail_stale_trials(study: optuna.Study, storage: Any) -> int:
+    """Trials left RUNNING by a killed process will never finish: mark them FAIL so they are replaced.
+
+    (FrozenTrial exposes its storage id only as `_trial_id`; Optuna has no public call for this.)
+    """
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)
 
 
@@ -219,7 +222,7 @@ def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, repo
             pass
     study = optuna.create_study(study_name=name, storage=storage, direction=direction(exp),
                                 sampler=sampler_for(exp), pruner=pruner_for(exp), load_if_exists=True)
-    stale = fail_stale_trials(study)
+    stale = fail_stale_trials(study, storage)
     done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED_STATES])
     remaining = max(0, exp.search.n_trials - done)
     uri = tracking.resolve_tracking_uri(exp.tracking.uri)
