@@ -166,23 +166,66 @@ def status(
     print_results(exp.name, results)
 
 
+def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
+    """Parse repeated `key=value` options."""
+    pairs = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise MtbenchError(f"{option} {item!r}: write key=value, e.g. {option} mtbench.model=demt.")
+        pairs[key] = value
+    return pairs
+
+
 @app.command()
 def report(
-    experiment: Annotated[str | None, typer.Option(help="Experiment name (default: all).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for the tables.")] = Path("reports"),
+    experiment: Annotated[list[str] | None, typer.Option("--experiment", "-e", help="MLflow experiment to report "
+                                                         "(repeatable: several become one table).")] = None,
+    reference: Annotated[str, typer.Option(help="Δm reference: a variant of the runs, published:<row> (e.g. "
+                                                "published:DeMT/nyud/Swin-T), or none.")] = "single_task",
+    with_published: Annotated[str | None, typer.Option(help="Add the comparable published rows of a dataset: nyud "
+                                                            "or pascal (others are listed as not comparable).")]
+    = None,
+    tag: Annotated[list[str] | None, typer.Option(help="Keep runs with this tag, key=value (repeatable), e.g. "
+                                                       "mtbench.dataset_variant=NYUDv2.")] = None,
+    query: Annotated[str | None, typer.Option(help="MLflow search filter, e.g. \"params.`train.steps` = '500'\".")]
+    = None,
+    std: Annotated[bool, typer.Option("--std/--no-std", help="Cells show mean ± std (default) or the mean.")] = True,
+    name: Annotated[str | None, typer.Option(help="Report name: folder under --out (default: the experiment "
+                                                  "names).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for the reports.")] = Path("reports"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI "
                                                           "or sqlite:///mlruns.db).")] = None,
-    reference: Annotated[str, typer.Option(help="Δm reference: a variant of the experiment, or "
-                                                "published:<row> (e.g. published:ATRC/nyud).")] = "single_task",
 ) -> None:
-    """Write LaTeX, Markdown and CSV tables (mean ± std over seeds, Δm) from the MLflow runs."""
+    """Write tables (LaTeX, Markdown, CSV) and figures from the MLflow runs; log them as a report run."""
     from mtbench import tracking
     from mtbench.report import build_report
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
-    for path in build_report(uri, experiment, out_dir=out, reference_variant=reference):
+    result = build_report(uri, list(experiment or []), out_dir=out, name=name, reference=reference,
+                          tags=_key_values(tag, "--tag"), query=query, with_published=with_published, show_std=std)
+    table = result.table
+    console.print(f"[bold]{table.name}[/]: {int(table.summary['n_seeds'].sum(skipna=True))} seed runs in "
+                  f"{int((table.summary['kind'] == 'run').sum())} rows on {table.dataset_variant}; "
+                  f"{_delta_note(result)}")
+    for path in result.files:
         console.print(f"wrote {path}")
+    for figure, why in result.skipped_figures.items():
+        console.print(f"no {figure} figure: {why}")
+    for row, why in table.not_comparable.items():
+        console.print(f"published row {row} not comparable: {why}")
+    for r in result.omitted.itertuples():
+        console.print(f"not in the table: {r.label} seed {r.seed} {'PRUNED' if r.pruned else r.status} ({r.run_id})")
+    console.print(f"MLflow report run {result.run_id} (browse with `mtbench ui`).")
+
+
+def _delta_note(result: Report) -> str:  # noqa: F821 - Report is imported lazily
+    """One line on Δm: what it is measured against, or why there is none."""
+    table = result.table
+    if table.delta_missing:
+        return f"no Δm ({table.delta_missing})"
+    return f"Δm against {table.reference.description} over {', '.join(table.delta_tasks)}"
 
 
 @app.command(name="list")

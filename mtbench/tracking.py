@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -25,7 +26,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,12 +53,19 @@ TAG_STUDY = "mtbench.study"  # Optuna study name of a search trial
 TAG_STUDY_TRIAL = "mtbench.study_trial"  # Optuna trial number
 TAG_PRUNED = "mtbench.pruned"  # "true" on a search trial that Optuna pruned (run status KILLED)
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag: nests a study's trials under its parent run
+TAG_STUDY_PARENT = "mtbench.study_parent"  # "true" on a study's parent run
+TAG_REPORT = "mtbench.report"  # "true" on the run that holds a `mtbench report`'s files
+TAG_DATASET_VARIANT = "mtbench.dataset_variant"  # archive the data came from: NYUD_MT, NYUDv2, PASCAL_MT, ...
+TAG_PROTOCOL = "mtbench.protocol"  # augmentation/evaluation preset: atrc, mtinet
 TEST_PREFIX = "test/"
 
 DEFAULT_DB = "mlruns.db"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-RUN_COLUMNS = ("run_id", "run_name", "experiment", "status", "start_time", "variant", "seed", "model",
-               "dataset", "checkpoint")  # load_runs' fixed columns; metric columns follow
+# load_runs' fixed columns; metric columns follow.
+RUN_COLUMNS = ("run_id", "run_name", "experiment", "status", "kind", "start_time", "end_time", "variant", "seed",
+               "model", "backbone", "dataset", "dataset_variant", "protocol", "metric_variants", "checkpoint",
+               "trial_id", "study", "study_trial", "pruned", "parent_run", "params_m", "gflops", "input_size",
+               "flop_convention", "params", "tags")
 HTTP_TIMEOUT_S = 3.0
 _UNCHECKED_SCHEMES = ("postgresql", "mysql", "mssql", "databricks")  # accepted as given: checks need drivers
 _BATCH = 100  # MLflow's limit of params/tags per log_batch call
@@ -351,37 +359,79 @@ def list_experiments(uri: str) -> list[str]:
     return sorted(e.name for e in _client(uri).search_experiments())
 
 
-def load_runs(uri: str, experiment: str | None = None) -> pd.DataFrame:
-    """Return one row per run of `experiment` (all experiments when None) with its final test metrics.
+def _experiment_ids(client: MlflowClient, uri: str, names: Sequence[str] | None) -> dict[str, str]:
+    """Map experiment id -> name for `names` (every active experiment when None); unknown names fail."""
+    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
+    if names is None:
+        return experiments
+    by_name = {name: i for i, name in experiments.items()}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        existing = ", ".join(sorted(experiments.values())) or "none"
+        raise MtbenchError(f"no MLflow experiment named {', '.join(map(repr, unknown))} at {uri!r}; existing "
+                           f"experiments: {existing}.")
+    return {by_name[n]: n for n in names}
 
-    Columns: run_id, run_name, experiment, status, start_time (UTC), variant, seed (Int64), model,
-    dataset, checkpoint, then one column per `test/` metric with the prefix stripped
-    (`semseg/mIoU`, `depth/rmse`, ...); NaN where a run did not log it.
+
+def _run_kind(tags: Mapping[str, str]) -> str:
+    if tags.get(TAG_REPORT) == "true":
+        return "report"
+    if tags.get(TAG_STUDY_PARENT) == "true":
+        return "study"
+    return "trial"
+
+
+def _float_or_nan(value: str | None) -> float:
+    try:
+        return float(value) if value not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def load_runs(uri: str, experiments: str | Sequence[str] | None = None, *, query: str | None = None,
+              kinds: Sequence[str] = ("trial", "study")) -> pd.DataFrame:
+    """Return one row per run of `experiments` (all when None) with its final test metrics.
+
+    `query` is an MLflow search filter (e.g. "tags.`mtbench.model` = 'demt' and params.`train.steps` =
+    '500'"); `kinds` keeps trial runs, study parent runs and/or `mtbench report` runs.
+    Columns: RUN_COLUMNS (`params` and `tags` hold every param and tag as dicts), then one column per `test/` metric
+    with the prefix stripped (`semseg/mIoU`, `depth/rmse`, ...); NaN where a run did not log it.
     """
     import pandas as pd
+    from mlflow.exceptions import MlflowException
 
     _require_existing_store(uri)
     client = _client(uri)
-    experiments = {e.experiment_id: e.name for e in client.search_experiments()}
-    if experiment is not None:
-        ids = [i for i, name in experiments.items() if name == experiment]
-        if not ids:
-            names = ", ".join(sorted(experiments.values())) or "none"
-            raise MtbenchError(f"no MLflow experiment named {experiment!r} at {uri!r}; existing experiments: "
-                               f"{names}.")
-        experiments = {ids[0]: experiment}
+    names = [experiments] if isinstance(experiments, str) else experiments
+    ids = _experiment_ids(client, uri, names)
     rows: list[dict[str, object]] = []
     token = None
-    while experiments:
-        page = client.search_runs(list(experiments), max_results=1000, page_token=token)
+    while ids:
+        try:
+            page = client.search_runs(list(ids), filter_string=query or "", max_results=1000, page_token=token)
+        except MlflowException as exc:
+            raise MtbenchError(f"invalid run query {query!r}: {exc.message} Write an MLflow search filter, e.g. "
+                               "\"tags.`mtbench.model` = 'demt' and params.`train.steps` = '500'\".") from None
         for run in page:
-            tags = run.data.tags
+            tags, params = run.data.tags, run.data.params
+            kind = _run_kind(tags)
+            if kind not in kinds:
+                continue
             row: dict[str, object] = {
                 "run_id": run.info.run_id, "run_name": run.info.run_name,
-                "experiment": experiments[run.info.experiment_id], "status": run.info.status,
+                "experiment": ids[run.info.experiment_id], "status": run.info.status, "kind": kind,
                 "start_time": pd.Timestamp(run.info.start_time, unit="ms", tz="UTC"),
+                "end_time": pd.Timestamp(run.info.end_time, unit="ms", tz="UTC") if run.info.end_time else pd.NaT,
                 "variant": tags.get(TAG_VARIANT), "seed": tags.get(TAG_SEED), "model": tags.get(TAG_MODEL),
-                "dataset": tags.get(TAG_DATASET), "checkpoint": tags.get(TAG_CHECKPOINT)}
+                "backbone": params.get("model.backbone"), "dataset": tags.get(TAG_DATASET),
+                "dataset_variant": tags.get(TAG_DATASET_VARIANT), "protocol": tags.get(TAG_PROTOCOL),
+                "metric_variants": tags.get(TAG_METRIC_VARIANTS), "checkpoint": tags.get(TAG_CHECKPOINT),
+                "trial_id": tags.get(TAG_TRIAL_ID), "study": tags.get(TAG_STUDY),
+                "study_trial": tags.get(TAG_STUDY_TRIAL), "pruned": tags.get(TAG_PRUNED) == "true",
+                "parent_run": tags.get(TAG_PARENT), "params_m": _float_or_nan(params.get("cost/params_M")),
+                "gflops": _float_or_nan(params.get("cost/gflops_fvcore")),
+                "input_size": params.get("cost/input_size"), "flop_convention": params.get("cost/convention"),
+                "params": dict(params), "tags": dict(tags)}
             metrics = run.data.metrics.items()
             row.update({k[len(TEST_PREFIX):]: v for k, v in metrics if k.startswith(TEST_PREFIX)})
             rows.append(row)
@@ -390,8 +440,36 @@ def load_runs(uri: str, experiment: str | None = None) -> pd.DataFrame:
             break
     metric_names = sorted({k for r in rows for k in r} - set(RUN_COLUMNS))
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *metric_names])
-    frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
+    for column in ("seed", "study_trial"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
     return frame
+
+
+def metric_history(uri: str, run_ids: Sequence[str], keys: Sequence[str]) -> pd.DataFrame:
+    """Every logged value of metrics `keys` of the runs: columns run_id, metric, step, value (step order)."""
+    import pandas as pd
+
+    client = _client(uri)
+    rows = [(run_id, key, m.step, m.value) for run_id in run_ids for key in keys
+            for m in client.get_metric_history(run_id, key)]
+    frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value"])
+    return frame.sort_values(["run_id", "metric", "step"], kind="stable").reset_index(drop=True)
+
+
+def log_report(uri: str, experiment: str, folder: Path, tags: Mapping[str, object]) -> str:
+    """Log the files of `folder` as artifacts of a new FINISHED `report` run in `experiment`; return its id.
+
+    The run sits beside the runs it summarises, so `mtbench ui` shows the tables and figures with them.
+    """
+    tracker = Tracker.start(uri, experiment, "report", {**tags, TAG_REPORT: "true", TAG_EXPERIMENT: experiment})
+    try:
+        for path in sorted(folder.iterdir()):
+            tracker.log_artifact(path)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end("FINISHED")
+    return tracker.run_id
 
 
 @dataclass(frozen=True)

@@ -207,8 +207,8 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
             tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
             tracking.TAG_TRIAL_ID: cfg.id, **(extra_tags or {}),
             "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
-            "mtbench.dataset_variant": getattr(datasets["test"], "variant", cfg.dataset.name),
-            "mtbench.protocol": str(protocol),
+            tracking.TAG_DATASET_VARIANT: getattr(datasets["test"], "variant", cfg.dataset.name),
+            tracking.TAG_PROTOCOL: str(protocol),
             **skipped_tags(datasets),
             "mtbench.version": mtbench.__version__}
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)

@@ -7,6 +7,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from mtbench.errors import MtbenchError
+from mtbench.metrics.meter import split_metric_name
 from mtbench.tasks import get_task
 
 # Direction of every metric key a meter (or the boundary evaluation) reports: True = higher is better.
@@ -74,7 +75,8 @@ def delta_m(results: Mapping[str, float], reference: Mapping[str, float], *, tas
 
 def _relative_change(task: str, key: str, results: Mapping[str, float], reference: Mapping[str, float]) -> float:
     """s · (M − B) / B for one metric, with the checks that make a wrong Δm impossible to miss."""
-    if key not in METRIC_DIRECTIONS:
+    base = split_metric_name(key)[0]  # a named variant (`sal/maxF-invpt`) has its definition's direction
+    if base not in METRIC_DIRECTIONS:
         raise MtbenchError(f"delta_m: metric {key!r} of task {task!r} has no known direction; "
                            f"known metrics: {', '.join(sorted(METRIC_DIRECTIONS))}.")
     for name, values in (("results", results), ("reference", reference)):
@@ -87,7 +89,7 @@ def _relative_change(task: str, key: str, results: Mapping[str, float], referenc
     if b == 0:
         raise MtbenchError(f"delta_m: the reference {key!r} of task {task!r} is 0, so the relative "
                            f"change is undefined.")
-    return (1.0 if METRIC_DIRECTIONS[key] else -1.0) * (m - b) / b
+    return (1.0 if METRIC_DIRECTIONS[base] else -1.0) * (m - b) / b
 
 
 def aggregate_seeds(values: Sequence[float]) -> dict[str, float]:

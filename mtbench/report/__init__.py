@@ -1,38 +1,149 @@
-"""Turn MLflow runs into result tables with Δm: `build_report` is what `mtbench report` calls."""
+"""Turn MLflow runs into tables and figures with Δm: `build_report` is what `mtbench report` calls.
+
+runs (collect) -> one row per (variant, seed) -> aggregate over seeds + Δm + published rows
+(aggregate) -> LaTeX / Markdown / CSV (tables) + PDF / PNG (figures) -> `reports/<name>/`, and the
+same files as artifacts of a `report` run in MLflow, beside the runs they summarise.
+"""
 
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from mtbench.report.collect import collect_runs, seed_results
-from mtbench.report.published import published_row
-from mtbench.report.tables import ResultTable, summarize, write_tables
+import pandas as pd
 
-PUBLISHED = "published:"
+from mtbench import tracking
+from mtbench.errors import MtbenchError
+from mtbench.report import tables
+from mtbench.report.aggregate import ResultTable, summarize
+from mtbench.report.collect import collect_runs, finished_trials, omitted_runs, runs_file, seed_results
 
-__all__ = ["ResultTable", "build_report", "experiment_folder"]
+__all__ = ["Report", "ResultTable", "build_report", "report_folder"]
+
+BIB = Path(__file__).resolve().parents[2] / "baselines" / "references.bib"
 
 
-def experiment_folder(experiment: str) -> str:
-    """Return a file-system-safe folder name for an experiment name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", experiment).strip("._") or "experiment"
+@dataclass(frozen=True)
+class Report:
+    """What `build_report` wrote: the folder, its files, the MLflow report run and what was skipped."""
+
+    folder: Path
+    files: list[Path]
+    run_id: str
+    table: ResultTable
+    omitted: pd.DataFrame
+    skipped_figures: dict[str, str]
 
 
-def build_report(uri: str, experiment: str | None = None, out_dir: Path = Path("reports"),
-                 reference_variant: str = "single_task") -> list[Path]:
-    """Write results.{tex,md,csv} and results_standalone.tex per experiment; return the paths.
+def report_folder(name: str) -> str:
+    """Return a file-system-safe folder name for a report (an experiment name, or joined names)."""
+    return re.sub(r"[^A-Za-z0-9.+_-]+", "_", name).strip("._") or "report"
 
-    Reads the FINISHED runs of `experiment` (every experiment with some, when None) at tracking
-    URI `uri`; Δm is taken against the runs whose variant is `reference_variant`, or against a
-    published row when it reads `published:<row>` (e.g. `published:ATRC/nyud`, see
-    mtbench.report.published). Files go to `out_dir/<experiment>/`.
+
+def _texts(table: ResultTable, runs: pd.DataFrame, omitted: pd.DataFrame, show_std: bool) -> dict[str, str]:
+    """Every table file of the report, by file name."""
+    results = tables.to_latex(table, show_std)
+    files = {"results.tex": results, "results.md": tables.to_markdown(table, show_std, omitted),
+             "results.csv": tables.to_csv(table), "runs.csv": runs_file(runs).to_csv(index=False)}
+    fragments = [results]
+    if not table.axes.empty:
+        files["ablation.tex"] = tables.to_latex_ablation(table, show_std)
+        files["ablation.csv"] = tables.ablation_csv(table)
+        fragments.append(files["ablation.tex"])
+    files["report_standalone.tex"] = tables.standalone_latex(*fragments)
+    if (table.summary["kind"] == "published").any() and BIB.is_file():
+        files["references.bib"] = BIB.read_text()
+    return files
+
+
+def _figures(uri: str, table: ResultTable, trials: pd.DataFrame, runs: pd.DataFrame,
+             folder: Path) -> tuple[list[Path], dict[str, str]]:
+    from mtbench.metrics import METRIC_DIRECTIONS
+    from mtbench.metrics.meter import split_metric_name
+    from mtbench.registry import MODELS
+    from mtbench.report import figures
+
+    keys = [f"val/{k}" for k in table.columns.values() if k != "edge/odsF"]
+    keys += ["val/edge/loss_bce"] if "edge" in table.columns else []
+    history = tracking.metric_history(uri, list(trials["run_id"]), keys)
+    curves = history.merge(trials[["run_id", "label", "model", "seed"]], on="run_id")
+    curves = curves.sort_values("metric", key=lambda m: m.map(keys.index), kind="stable")  # table's task order
+    names = {m.removeprefix("val/") for m in keys}
+    summary = table.summary[["model", "kind", "gflops", "params_m", "delta_m_mean", "delta_m_std", "n_seeds"]]
+    data = figures.FigureInput(
+        summary=summary, changes=table.changes, curves=curves[["label", "model", "seed", "metric", "step", "value"]],
+        reference=table.reference.label if table.reference else "", model_order=list(MODELS),
+        higher_is_better={m: METRIC_DIRECTIONS[split_metric_name(m)[0]] for m in names},
+        study=_study_view(runs))
+    return figures.write_figures(data, folder)
+
+
+def _study_view(runs: pd.DataFrame) -> object | None:
+    """The Optuna study behind the runs, if they came from one (reopened from the storage its parent run names)."""
+    parents = runs[runs["kind"] == "study"]
+    if parents.empty:
+        return None
+    from mtbench.report.figures import StudyView
+    from mtbench.sweep import search
+
+    tags = parents.iloc[-1]["tags"]
+    if search.TAG_STORAGE not in tags:
+        return None
+    trials, importances = search.study_trials(tags[search.TAG_STORAGE], tags[tracking.TAG_STUDY])
+    return StudyView(trials, importances, tags.get(search.TAG_OBJECTIVE, "objective"),
+                     tags.get(search.TAG_DIRECTION, "maximize"))
+
+
+def _publish(staging: Path, target: Path) -> None:
+    """Replace `target` with the finished `staging` folder (a reader never sees a half-written report)."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    staging.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("reports"),
+                 name: str | None = None,
+                 reference: str = "single_task", tags: Mapping[str, str] | None = None, query: str | None = None,
+                 with_published: str | None = None, show_std: bool = True) -> Report:
+    """Collect the runs of `experiments`, write tables (and figures) under `out_dir/<name>/`, log them to MLflow.
+
+    `reference` is the Δm reference: a row (variant) label, `published:<row>` or `none`. Nothing is
+    written unless everything succeeds: files are built in a staging folder that replaces the old
+    report at the end.
     """
-    published = published_row(reference_variant.removeprefix(PUBLISHED)) \
-        if reference_variant.startswith(PUBLISHED) else None
-    seeds = seed_results(collect_runs(uri, experiment))
-    paths: list[Path] = []
-    for name, rows in seeds.groupby("experiment", sort=True):
-        table = summarize(rows.reset_index(drop=True), reference_variant, published)
-        paths += write_tables(table, Path(out_dir) / experiment_folder(str(name)))
-    return paths
+    if not experiments:
+        raise MtbenchError(f"name the experiment(s) to report with --experiment; experiments at {uri!r}: "
+                           f"{', '.join(tracking.list_experiments(uri)) or 'none'}.")
+    name = name or "+".join(experiments)
+    runs = collect_runs(uri, experiments, tags=tags, query=query)
+    trials = finished_trials(runs)
+    omitted = omitted_runs(runs)
+    table = summarize(seed_results(trials), trials, name=name, reference=reference, with_published=with_published)
+    target = Path(out_dir) / report_folder(name)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise MtbenchError(f"cannot write the report to {str(target)!r}: {exc.strerror or exc}. Choose another "
+                           "output folder (--out) or fix its permissions.") from None
+    try:
+        for file_name, text in _texts(table, runs, omitted, show_std).items():
+            (staging / file_name).write_text(text, encoding="utf-8")
+        _, skipped = _figures(uri, table, trials, runs, staging)
+        run_id = tracking.log_report(uri, experiments[0], staging, {
+            "mtbench.report_name": name, "mtbench.report_experiments": ",".join(experiments),
+            "mtbench.report_reference": reference, "mtbench.report_runs": str(len(trials))})
+        _publish(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return Report(target, sorted(target.iterdir()), run_id, table, omitted, skipped)

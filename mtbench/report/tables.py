@@ -1,154 +1,64 @@
-"""Aggregate per-seed results into one table per experiment, with Δm, as LaTeX, Markdown and CSV.
+"""Render a ResultTable as LaTeX (booktabs), Markdown and CSV, in two layouts.
 
-One row per variant: each task's primary metric as mean ± std over seeds (sample std, ddof=1),
-the number of seeds, and Δm (Maninis et al.; PROTOCOLS.md) computed for every seed run against the
-mean of the reference variant, then aggregated the same way.
+- results: one row per variant (the Δm reference first, published rows last, each with its citation
+  key), one column per task's primary metric with ↑/↓, then Δm, parameters and GFLOPs; best value per
+  column in bold, second underlined.
+- ablation: the same rows with the switched config keys as ✓/✗ (or value) columns in front, as papers
+  print ablations; written when rows differ in their config.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
-import tempfile
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pandas as pd
 
-from mtbench.errors import MtbenchError
-from mtbench.metrics import delta_m
-from mtbench.metrics.seed_stats import summarize_seeds
-from mtbench.report.collect import TASK_ORDER, metric_columns
-from mtbench.report.published import PublishedRow
-from mtbench.tasks import get_task
+from mtbench.metrics import METRIC_DIRECTIONS
+from mtbench.metrics.meter import split_metric_name
+from mtbench.report.aggregate import ResultTable
 
 DASH_MD, DASH_TEX = "–", "--"
-FILES = ("results.tex", "results_standalone.tex", "results.md", "results.csv")
 _TEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+TRUE, FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
-@dataclass
-class ResultTable:
-    """One experiment's aggregated results: what every renderer reads.
+@dataclass(frozen=True)
+class Column:
+    """One numeric column: header text, summary column prefix, direction, decimals, ranked or not."""
 
-    `summary` has one row per variant (reference first) and the CSV's columns: n_seeds,
-    `<metric>_mean` / `<metric>_std` for every test metric, delta_m_mean, delta_m_std, seeds,
-    checkpoint, run_ids.
-    """
-
-    experiment: str
-    reference: str
-    summary: pd.DataFrame
-    metrics: list[str]  # every test metric, table order
-    tasks: list[str]  # tasks with a primary metric, shown in .tex/.md
-    delta_tasks: list[str]  # tasks Δm covers (empty: no Δm)
-    excluded: dict[str, str] = field(default_factory=dict)  # task -> why Δm leaves it out
-    delta_missing: str = ""  # why there is no Δm at all
-    remarks: list[str] = field(default_factory=list)  # other caveats (merged runs, mixed checkpoints)
+    label: str
+    prefix: str
+    higher_is_better: bool
+    decimals: int
+    ranked: bool = True  # bold/underline the best two (metrics and Δm; not costs)
+    signed: bool = False  # print a + sign (Δm)
 
 
-def _fmt_seeds(seeds: pd.Series) -> str:
-    return ";".join(str(s) for s in seeds.dropna())
+@dataclass(frozen=True)
+class Markup:
+    """How one output format writes emphasis, ±, empty cells, a check mark and a cross."""
+
+    bold: str
+    underline: str
+    pm: str
+    dash: str
+    check: str
+    cross: str
+    number: str = "{}"
 
 
-def _join_checkpoints(values: pd.Series) -> str:
-    return ",".join(sorted({c for joined in values for c in joined.split(",") if c}))
+LATEX = Markup(r"\mathbf{{{}}}", r"\underline{{{}}}", r" \pm ", DASH_TEX, r"\checkmark", r"$\times$", "${}$")
+MARKDOWN = Markup("**{}**", "<u>{}</u>", " ± ", DASH_MD, "✓", "✗")
 
 
-def _missing_detail(seeds: pd.DataFrame, metric: str) -> str:
-    """Name the variants and seeds that lack `metric`, e.g. "mtl (seed 0); single_task (seeds 0, 1)"."""
-    lacking = seeds[seeds["variant"].notna() & seeds[metric].isna()].groupby("variant", sort=True)["seed"]
-    return "; ".join(f"{v} (seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s.dropna())) or '?'})"
-                     for v, s in lacking)
-
-
-def summarize(seeds: pd.DataFrame, reference_variant: str = "single_task",
-              published: PublishedRow | None = None) -> ResultTable:
-    """Aggregate one experiment's `collect.seed_results` rows into a ResultTable.
-
-    Δm is taken against the mean of the `reference_variant` runs, or against a `published` row
-    when one is given (then over the tasks that both the runs and the row report).
-    """
-    experiment = str(seeds["experiment"].iloc[0])
-    metrics = metric_columns(seeds)
-    tasks = [t for t in TASK_ORDER if get_task(t).primary_metric in metrics]
-    variants = sorted(seeds["variant"].unique(), key=lambda v: (v != reference_variant, v))
-    groups = seeds.groupby("variant")
-
-    summary = pd.DataFrame(index=pd.Index(variants, name="variant"))
-    summary["n_seeds"] = groups.size()
-    for m in metrics:
-        summary[f"{m}_mean"] = groups[m].mean()
-        summary[f"{m}_std"] = groups[m].std(ddof=1)
-
-    for m in metrics:
-        intervals = groups[m].agg(lambda v: _interval(v.dropna()))
-        summary[f"{m}_ci95_low"] = [lo for lo, _ in intervals.reindex(summary.index)]
-        summary[f"{m}_ci95_high"] = [hi for _, hi in intervals.reindex(summary.index)]
-
-    label = f"{published.name} (published)" if published else reference_variant
-    table = ResultTable(experiment, label, summary, metrics, tasks, delta_tasks=[])
-    reference = seeds[seeds["variant"] == reference_variant]
-    if published is not None:
-        reference = pd.DataFrame([published.metrics])
-    if reference.empty:
-        table.delta_missing = (f"the experiment has no FINISHED runs of the reference variant "
-                               f"{reference_variant!r}; run it, or choose another reference variant")
-    else:
-        for t in tasks:
-            metric = get_task(t).primary_metric
-            if metric not in reference.columns:
-                table.excluded[t] = f"{metric} is not in the reference {label}"
-            elif seeds[metric].notna().all():
-                table.delta_tasks.append(t)
-            else:
-                table.excluded[t] = f"{metric} not logged by every run; missing for {_missing_detail(seeds, metric)}"
-        for t in TASK_ORDER:
-            if t not in tasks and any(m.startswith(f"{t}/") for m in metrics):
-                table.excluded[t] = f"its primary metric {get_task(t).primary_metric} was not logged"
-        if not table.delta_tasks:
-            table.delta_missing = "no task's primary metric is logged by every run"
-    per_seed = pd.Series(math.nan, index=seeds.index)
-    if table.delta_tasks:
-        keys = [get_task(t).primary_metric for t in table.delta_tasks]
-        ref = {k: float(reference[k].mean()) for k in keys}
-        per_seed = seeds.apply(lambda row: delta_m({k: float(row[k]) for k in keys}, ref,
-                                                   tasks=table.delta_tasks), axis=1)
-    summary["delta_m_mean"] = per_seed.groupby(seeds["variant"]).mean()
-    summary["delta_m_std"] = per_seed.groupby(seeds["variant"]).std(ddof=1)
-    delta_intervals = per_seed.groupby(seeds["variant"]).agg(lambda v: _interval(v.dropna()))
-    summary["delta_m_ci95_low"] = [lo for lo, _ in delta_intervals.reindex(summary.index)]
-    summary["delta_m_ci95_high"] = [hi for _, hi in delta_intervals.reindex(summary.index)]
-    summary["seeds"] = groups["seed"].agg(_fmt_seeds)
-    summary["checkpoint"] = groups["checkpoint"].agg(_join_checkpoints)
-    summary["run_ids"] = groups["run_ids"].agg(";".join)
-
-    merged = seeds[seeds["n_runs"] > 1]
-    if not merged.empty:
-        which = ", ".join(f"{v} seed {s}" for v, s in zip(merged["variant"], merged["seed"], strict=True))
-        table.remarks.append(f"several runs share a variant and seed and were merged, the later run winning "
-                             f"per metric: {which}")
-    if (summary["checkpoint"].str.contains(",")).any() or summary["checkpoint"].nunique() > 1:
-        table.remarks.append("runs were tested on different checkpoints (final vs best_val); see results.csv")
-    return table
-
-
-def _interval(values: pd.Series) -> tuple[float, float]:
-    """95% t-interval of per-seed values (NaN with fewer than 2 seeds)."""
-    if len(values) == 0:
-        return math.nan, math.nan
-    summary = summarize_seeds(values.tolist())
-    return summary.ci_low, summary.ci_high
-
-
-def _best(values: pd.Series, higher_is_better: bool, decimals: int) -> float | None:
-    """Return the best displayed value of a column, or None when nothing is worth bolding."""
-    shown = values.dropna().round(decimals)
-    if len(shown) < 2:
-        return None
-    return float(shown.max() if higher_is_better else shown.min())
+def metric_label(key: str) -> str:
+    """Header text of a metric key: `semseg/mIoU` → "semseg mIoU", `sal/maxF-invpt` → "sal maxF (invpt)"."""
+    base, variant = split_metric_name(key)
+    text = base.replace("/", " ")
+    return f"{text} ({variant})" if variant else text
 
 
 def _decimals(values: pd.Series) -> int:
@@ -157,47 +67,92 @@ def _decimals(values: pd.Series) -> int:
     return 2 if pd.notna(top) and top >= 1 else 4
 
 
-def _columns(table: ResultTable) -> list[tuple[str, str, bool, int]]:
-    """Return (label, summary column prefix, higher_is_better, decimals) per numeric table column."""
-    cols = []
-    for t in table.tasks:
-        spec = get_task(t)
-        cols.append((spec.primary_metric, spec.primary_metric, spec.higher_is_better,
-                     _decimals(table.summary[f"{spec.primary_metric}_mean"])))
-    return [*cols, ("Δm (%)", "delta_m", True, 2)]
+def columns(table: ResultTable) -> list[Column]:
+    """The numeric columns of the results layout, in order."""
+    cols = [Column(metric_label(key), key, METRIC_DIRECTIONS[split_metric_name(key)[0]],
+                   _decimals(table.summary[f"{key}_mean"])) for key in table.columns.values()]
+    cols.append(Column("Δm (%)", "delta_m", True, 2, signed=True))
+    for prefix, label in (("params_m", "Params (M)"), ("gflops", "GFLOPs")):
+        if table.summary[prefix].notna().any():
+            cols.append(Column(label, prefix, False, 2, ranked=False))
+    return cols
 
 
-def _cells(table: ResultTable, bold: tuple[str, str], pm: str, dash: str, signed: set[str],
-           wrap: str = "{}") -> list[list[str]]:
-    """Return the formatted numeric cells, one list per variant."""
+def _values(table: ResultTable, col: Column) -> tuple[pd.Series, pd.Series]:
+    """Means and stds of a column (costs have no std)."""
+    if col.prefix in ("params_m", "gflops"):
+        return table.summary[col.prefix], pd.Series(math.nan, index=table.summary.index)
+    return table.summary[f"{col.prefix}_mean"], table.summary[f"{col.prefix}_std"]
+
+
+def ranks(values: pd.Series, higher_is_better: bool, decimals: int) -> pd.Series:
+    """1 for the best displayed value, 2 for the second, 0 otherwise; ties share a rank.
+
+    Nothing is ranked with fewer than 2 values, and no second place with fewer than 3 rows.
+    """
+    shown = values.round(decimals)
+    distinct = sorted(shown.dropna().unique(), reverse=higher_is_better)
+    out = pd.Series(0, index=values.index)
+    if shown.notna().sum() < 2 or len(distinct) < 2:
+        return out
+    out[shown == distinct[0]] = 1
+    if shown.notna().sum() >= 3:
+        out[shown == distinct[1]] = 2
+    return out
+
+
+def _number(mean: float, std: float, col: Column, markup: Markup, show_std: bool) -> str:
+    shown = round(mean, col.decimals) or 0.0  # `or 0.0` turns -0.00 into 0.00
+    text = f"{shown:{'+' if col.signed and shown else ''}.{col.decimals}f}"
+    if show_std and pd.notna(std):
+        text += f"{markup.pm}{std:.{col.decimals}f}"
+    return text
+
+
+def cells(table: ResultTable, cols: list[Column], markup: Markup, show_std: bool) -> list[list[str]]:
+    """Formatted numeric cells, one list per summary row, with best bold and second underlined."""
     rows: list[list[str]] = [[] for _ in range(len(table.summary))]
-    for _, prefix, higher, d in _columns(table):
-        means, stds = table.summary[f"{prefix}_mean"], table.summary[f"{prefix}_std"]
-        best = _best(means, higher, d)
-        for i, (mean, std) in enumerate(zip(means, stds, strict=True)):
+    for col in cols:
+        means, stds = _values(table, col)
+        rank = ranks(means, col.higher_is_better, col.decimals) if col.ranked else pd.Series(0, index=means.index)
+        for i, (mean, std, r) in enumerate(zip(means, stds, rank, strict=True)):
             if pd.isna(mean):
-                rows[i].append(dash)
+                rows[i].append(markup.dash)
                 continue
-            shown = round(mean, d) or 0.0  # `or 0.0` turns -0.00 into 0.00
-            text = f"{shown:{'+' if prefix in signed and shown else ''}.{d}f}"
-            if pd.notna(std):
-                text += f"{pm}{std:.{d}f}"
-            is_best = best is not None and round(mean, d) == best
-            rows[i].append(wrap.format(bold[0] + text + bold[1] if is_best else text))
+            text = _number(mean, std, col, markup, show_std)
+            if col.prefix == "gflops" and table.summary["kind"].iloc[i] == "published" \
+                    and table.summary["input_size"].iloc[i] == "not stated":
+                text += "^{\\dagger}" if markup is LATEX else "†"
+            text = {1: markup.bold, 2: markup.underline}.get(int(r), "{}").format(text)
+            rows[i].append(markup.number.format(text))
     return rows
 
 
-def _delta_sentence(table: ResultTable) -> str:
-    """Say what Δm covers (plain text; the caption and the Markdown notes share it)."""
+def _row_label(table: ResultTable, label: str, latex: bool) -> str:
+    cite = table.summary.at[label, "cite"]
+    if latex:
+        return latex_escape(label) + (f"~\\cite{{{cite}}}" if cite else "")
+    return label.replace("|", "\\|") + (f" [{cite}]" if cite else "")
+
+
+def cost_sentence(table: ResultTable) -> str:
+    """Say how parameters and GFLOPs were counted (the field prints GFLOPs without an input size)."""
+    runs = table.summary[table.summary["kind"] == "run"]
+    if runs["gflops"].isna().all():
+        return ""
+    sizes = sorted({s for joined in runs["input_size"].dropna() for s in str(joined).split(",") if s})
+    text = f"GFLOPs: fvcore, one image of {' / '.join(sizes) or 'unrecorded size'} (mtbench's counting handles)."
+    if (table.summary["kind"] == "published").any():
+        text += " Published rows: numbers as printed by their authors († input size or tool not stated)."
+    return text
+
+
+def delta_sentence(table: ResultTable) -> str:
+    """Say what Δm covers (plain text; captions and Markdown notes share it)."""
     if table.delta_missing:
         return f"No Δm: {table.delta_missing}."
-    if table.reference in table.summary.index:
-        ref_n = int(table.summary.loc[table.reference, "n_seeds"])
-        against = f"the mean of {table.reference} ({ref_n} seed{'s' if ref_n > 1 else ''})"
-    else:
-        against = table.reference
-    text = (f"Δm (%): each seed run against {against} over {', '.join(table.delta_tasks)}; positive is better. "
-            "95% t-intervals over seeds of every number are in results.csv.")
+    text = (f"Δm (%): each seed run against {table.reference.description} over {', '.join(table.delta_tasks)}; "
+            "positive is better. 95% t-intervals over seeds of every number are in results.csv.")
     if table.excluded:
         text += " Left out of Δm: " + "; ".join(f"{t} ({why})" for t, why in table.excluded.items()) + "."
     return text
@@ -208,76 +163,153 @@ def latex_escape(text: str) -> str:
     return "".join(_TEX_SPECIALS.get(ch, ch) for ch in text)
 
 
-def to_latex(table: ResultTable) -> str:
-    """Render a booktabs `table` environment (needs `\\usepackage{booktabs}`)."""
-    cols = _columns(table)
-    arrow = {True: r"$\uparrow$", False: r"$\downarrow$"}
-    header = ["Variant", r"\#seeds"] + [
-        (r"$\Delta_m$ (\%)" if prefix == "delta_m" else latex_escape(label)) + " " + arrow[higher]
-        for label, prefix, higher, _ in cols]
-    cells = _cells(table, (r"\mathbf{", "}"), r" \pm ", DASH_TEX, {"delta_m"}, wrap="${}$")
-    body = [" & ".join([latex_escape(v), str(int(n)), *c]) + r" \\"
-            for v, n, c in zip(table.summary.index, table.summary["n_seeds"], cells, strict=True)]
-    caption = (f"Test results of {latex_escape(table.experiment)}: mean $\\pm$ std over seeds; best in bold. "
-               + latex_escape(_delta_sentence(table)).replace("Δm", r"$\Delta_m$"))
-    label = re.sub(r"[^A-Za-z0-9_-]+", "-", table.experiment)
-    lines = ["% Generated by `mtbench report` from MLflow runs; needs \\usepackage{booktabs}.",
-             r"\begin{table}[t]", r"  \centering", f"  \\caption{{{caption}}}", f"  \\label{{tab:{label}}}",
-             f"  \\begin{{tabular}}{{l{'r' * (len(cols) + 1)}}}", r"    \toprule",
-             "    " + " & ".join(header) + r" \\", r"    \midrule", *("    " + b for b in body),
-             r"    \bottomrule", r"  \end{tabular}", r"\end{table}"]
+def _tex_text(text: str) -> str:
+    """Plain text (with Δm, ±, ↑, †) as LaTeX."""
+    out = latex_escape(text)
+    for plain, tex in (("Δm", r"$\Delta_m$"), ("±", r"$\pm$"), ("↑", r"$\uparrow$"), ("↓", r"$\downarrow$"),
+                       ("†", r"$^\dagger$"), ("✓", r"\checkmark"), ("✗", r"$\times$")):
+        out = out.replace(plain, tex)
+    return out
+
+
+def _arrow(col: Column, latex: bool) -> str:
+    if not col.ranked:
+        return ""
+    if latex:
+        return r" $\uparrow$" if col.higher_is_better else r" $\downarrow$"
+    return " ↑" if col.higher_is_better else " ↓"
+
+
+def _header(col: Column, latex: bool) -> str:
+    if latex:
+        text = r"$\Delta_m$ (\%)" if col.prefix == "delta_m" else latex_escape(col.label)
+        return text + _arrow(col, True)
+    return col.label + _arrow(col, False)
+
+
+def _axis_cells(table: ResultTable, markup: Markup) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the switched config keys: ✓/✗ for booleans, the value otherwise."""
+    keys = list(table.axes.columns)
+    short = {k: k.split(".")[-2 if k.endswith(".name") else -1] for k in keys}  # model.name -> model
+    for k in keys:
+        if list(short.values()).count(short[k]) > 1:
+            short[k] = ".".join(k.split(".")[-2:])
+    rows = []
+    for label in table.summary.index[table.summary["kind"] == "run"]:
+        row = []
+        for k in keys:
+            value = table.axes.at[label, k]
+            text = "" if pd.isna(value) else str(value)
+            row.append(markup.check if text.lower() in TRUE else markup.cross if text.lower() in FALSE
+                       else latex_escape(text) if markup is LATEX and text else text or markup.dash)
+        rows.append(row)
+    return [short[k] for k in keys], rows
+
+
+def _tex_tabular(header: list[str], body: list[list[str]], n_runs: int, align: str) -> list[str]:
+    lines = [f"  \\begin{{tabular}}{{{align}}}", r"    \toprule", "    " + " & ".join(header) + r" \\", r"    \midrule"]
+    for i, row in enumerate(body):
+        if i == n_runs and i:
+            lines.append(r"    \midrule")
+        lines.append("    " + " & ".join(row) + r" \\")
+    return [*lines, r"    \bottomrule", r"  \end{tabular}"]
+
+
+def _tex_table(caption: str, label: str, tabular: list[str]) -> str:
+    lines = ["% Generated by `mtbench report` from MLflow runs; needs \\usepackage{booktabs} (and amssymb for "
+             "\\checkmark).", r"\begin{table}[t]", r"  \centering", r"  \small", f"  \\caption{{{caption}}}",
+             f"  \\label{{tab:{label}}}", *tabular, r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
-def to_standalone_latex(table: ResultTable) -> str:
-    """Wrap `to_latex` in a minimal article that pdflatex compiles on its own (landscape: tables are wide)."""
-    return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage[landscape,margin=1.5cm]{geometry}\n"
-            "\\pagestyle{empty}\n\\begin{document}\n" + to_latex(table) + "\\end{document}\n")
+def _caption(table: ResultTable, show_std: bool, what: str) -> str:
+    stat = "mean $\\pm$ std over seeds" if show_std else "mean over seeds"
+    text = (f"{what} of {latex_escape(table.name)} (test split, {latex_escape(table.dataset_variant)}): {stat}; "
+            "best in bold, second underlined. " + _tex_text(delta_sentence(table)))
+    return f"{text} {_tex_text(cost_sentence(table))}".strip()
 
 
-def to_markdown(table: ResultTable) -> str:
-    """Render a Markdown table followed by its notes."""
-    cols = _columns(table)
-    header = ["variant", "#seeds"] + [f"{label} {'↑' if higher else '↓'}" for label, _, higher, _ in cols]
-    cells = _cells(table, ("**", "**"), " ± ", DASH_MD, {"delta_m"})
-    rows = [[v.replace("|", "\\|"), str(int(n)), *c]
-            for v, n, c in zip(table.summary.index, table.summary["n_seeds"], cells, strict=True)]
-    lines = [f"## {table.experiment}", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join([":---", *["---:"] * (len(header) - 1)]) + "|",
-             *("| " + " | ".join(r) + " |" for r in rows), "",
-             "- Test metrics of FINISHED runs: mean ± std over seeds (sample std); ↑ higher is better, "
-             "↓ lower is better; best in bold.",
-             f"- {_delta_sentence(table)}"]
+def _tex_label(table: ResultTable, suffix: str = "") -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", table.name) + suffix
+
+
+def to_latex(table: ResultTable, show_std: bool = True) -> str:
+    """Render the results layout as a booktabs `table` environment."""
+    cols = columns(table)
+    header = ["Method", r"\#seeds", *(_header(c, True) for c in cols)]
+    body = [[_row_label(table, label, True), "" if pd.isna(n) else str(int(n)), *c]
+            for label, n, c in zip(table.summary.index, table.summary["n_seeds"],
+                                   cells(table, cols, LATEX, show_std), strict=True)]
+    n_runs = int((table.summary["kind"] == "run").sum())
+    tabular = _tex_tabular(header, body, n_runs, "l" + "r" * (len(cols) + 1))
+    return _tex_table(_caption(table, show_std, "Test results"), _tex_label(table), tabular)
+
+
+def to_latex_ablation(table: ResultTable, show_std: bool = True) -> str:
+    """Render the ablation layout (✓/✗ columns of the switched components) as a booktabs table."""
+    cols = [c for c in columns(table) if c.ranked]
+    names, switches = _axis_cells(table, LATEX)
+    runs = table.summary["kind"] == "run"
+    numbers = [c for c, is_run in zip(cells(table, cols, LATEX, show_std), runs, strict=True) if is_run]
+    header = ["Variant", *(latex_escape(n) for n in names), *(_header(c, True) for c in cols)]
+    body = [[latex_escape(label), *s, *c] for label, s, c in zip(table.summary.index[runs], switches, numbers,
+                                                                  strict=True)]
+    tabular = _tex_tabular(header, body, len(body), "l" + "c" * len(names) + "r" * len(cols))
+    return _tex_table(_caption(table, show_std, "Ablation"), _tex_label(table, "-ablation"), tabular)
+
+
+def standalone_latex(*fragments: str) -> str:
+    """A minimal article around table fragments that pdflatex compiles on its own (landscape: tables are wide)."""
+    return ("\\documentclass{article}\n\\usepackage{booktabs}\n\\usepackage{amssymb}\n"
+            "\\usepackage[landscape,margin=1.5cm]{geometry}\n\\pagestyle{empty}\n\\begin{document}\n"
+            + "\n".join(fragments) + "\\end{document}\n")
+
+
+def _md_table(header: list[str], rows: list[list[str]], aligns: list[str]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join(aligns) + "|",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def to_markdown(table: ResultTable, show_std: bool = True, omitted: pd.DataFrame | None = None) -> str:
+    """Render the results layout (and the ablation layout, when there is one) with their notes."""
+    cols = columns(table)
+    header = ["variant", "#seeds", *(_header(c, False) for c in cols)]
+    rows = [[_row_label(table, label, False), "" if pd.isna(n) else str(int(n)), *c]
+            for label, n, c in zip(table.summary.index, table.summary["n_seeds"],
+                                   cells(table, cols, MARKDOWN, show_std), strict=True)]
+    stat = "mean ± std over seeds (sample std)" if show_std else "mean over seeds"
+    lines = [f"## {table.name}", "", *_md_table(header, rows, [":---", *["---:"] * (len(header) - 1)]), "",
+             f"- Test metrics of FINISHED runs on {table.dataset_variant}: {stat}; ↑ higher is better, ↓ lower is "
+             "better; best in bold, second underlined.", f"- {delta_sentence(table)}"]
+    if cost_sentence(table):
+        lines.append(f"- {cost_sentence(table)}")
     lines += [f"- Note: {r}." for r in table.remarks]
+    lines += [f"- Published row not comparable, left out: {row} ({why})." for row, why in table.not_comparable.items()]
+    if omitted is not None and not omitted.empty:
+        lines.append(f"- Not in the table ({len(omitted)} run(s) that did not finish): " + "; ".join(
+            f"{r.label} seed {r.seed if pd.notna(r.seed) else '?'} {'PRUNED' if r.pruned else r.status} ({r.run_id})"
+            for r in omitted.itertuples()) + ".")
+    if not table.axes.empty:
+        lines += ["", f"### {table.name}: ablation", "", *_ablation_markdown(table, show_std)]
     return "\n".join(lines) + "\n"
+
+
+def _ablation_markdown(table: ResultTable, show_std: bool) -> list[str]:
+    cols = [c for c in columns(table) if c.ranked]
+    names, switches = _axis_cells(table, MARKDOWN)
+    runs = table.summary["kind"] == "run"
+    numbers = [c for c, is_run in zip(cells(table, cols, MARKDOWN, show_std), runs, strict=True) if is_run]
+    rows = [[label, *s, *c] for label, s, c in zip(table.summary.index[runs], switches, numbers, strict=True)]
+    header = ["variant", *names, *(_header(c, False) for c in cols)]
+    return _md_table(header, rows, [":---", *[":---:"] * len(names), *["---:"] * len(cols)])
 
 
 def to_csv(table: ResultTable) -> str:
-    """Render the tidy per-variant summary (full precision; every metric, not only primary ones)."""
+    """The tidy per-row summary at full precision: every metric, not only the primary ones."""
     return table.summary.reset_index().to_csv(index=False)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_tables(table: ResultTable, folder: Path) -> list[Path]:
-    """Write results.tex, results_standalone.tex, results.md and results.csv under `folder`."""
-    texts = (to_latex(table), to_standalone_latex(table), to_markdown(table), to_csv(table))
-    paths = [folder / name for name in FILES]
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        for path, text in zip(paths, texts, strict=True):
-            _write_atomic(path, text)
-    except OSError as exc:
-        raise MtbenchError(f"cannot write the report to {str(folder)!r}: {exc.strerror or exc}. Choose another "
-                           "output folder (--out) or fix its permissions.") from None
-    return paths
+def ablation_csv(table: ResultTable) -> str:
+    """Switched config keys (raw values) beside each row's summary."""
+    runs = table.summary[table.summary["kind"] == "run"]
+    return table.axes.join(runs).reset_index(names="label").to_csv(index=False)

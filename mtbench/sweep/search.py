@@ -33,29 +33,64 @@ from mtbench.errors import MtbenchError
 from mtbench.metrics import METRIC_DIRECTIONS
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+# Tags of a study's parent run that let `mtbench report` reopen the study.
+TAG_STORAGE = "mtbench.study_storage"  # storage_spec(exp)
+TAG_OBJECTIVE = "mtbench.study_objective"  # search.objective
+TAG_DIRECTION = "mtbench.study_direction"  # maximize | minimize
 
 
 def study_name(exp: Experiment) -> str:
     return exp.search.study_name or exp.name
 
 
-def open_storage(exp: Experiment) -> Any:
-    """The study's storage; a URL that cannot be opened is a user error before any trial runs."""
+def storage_spec(exp: Experiment) -> str:
+    """The study's storage as an absolute spec: sqlite:///path (default), journal:path or the given URL.
+
+    The parent MLflow run records it, so `mtbench report` can reopen the study from any directory.
+    """
     spec = exp.search.storage
+    if spec is None:
+        return f"sqlite:///{(Path(exp.output_dir) / exp.name / 'optuna.db').resolve()}"
+    if spec.startswith("journal:"):
+        return f"journal:{Path(spec[len('journal:'):]).expanduser().resolve()}"
+    return spec
+
+
+def open_storage(exp: Experiment | str) -> Any:
+    """Open the study's storage (an Experiment's, or a `storage_spec`); a failure is a user error."""
+    spec = storage_spec(exp) if isinstance(exp, Experiment) else exp
     try:
-        if spec is None:
-            path = Path(exp.output_dir) / exp.name / "optuna.db"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.RDBStorage(f"sqlite:///{path}")
         if spec.startswith("journal:"):
-            path = Path(spec[len("journal:"):]).expanduser()
+            path = Path(spec[len("journal:"):])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        if spec.startswith("sqlite:///"):
+            Path(spec[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(spec)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors come in many types
-        raise MtbenchError(f"search.storage: cannot open {spec or 'the default sqlite file'!r} "
+        raise MtbenchError(f"search.storage: cannot open {spec!r} "
                            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Give a "
                            "writable sqlite:///path, journal:/shared/path.log, or a reachable database URL.") from None
+
+
+def study_trials(spec: str, name: str) -> tuple[Any, dict[str, float]]:
+    """Trials of study `name` in storage `spec` (DataFrame: number, value, state) and the parameter
+    importances (fANOVA, seed 0; empty when fewer than two trials completed or nothing varied)."""
+    import pandas as pd
+
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(spec))
+    except KeyError:
+        raise MtbenchError(f"no Optuna study {name!r} in {spec!r}; was the storage moved or the study "
+                           "deleted?") from None
+    trials = pd.DataFrame([(t.number, t.value if t.value is not None else math.nan, t.state.name)
+                           for t in study.get_trials(deepcopy=False)], columns=["number", "value", "state"])
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+        importances = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+    except (RuntimeError, ValueError):  # too few complete trials, or a space with one point
+        importances = {}
+    return trials, {k: float(v) for k, v in importances.items()}
 
 
 def reference_metrics(exp: Experiment) -> dict[str, float]:
@@ -198,12 +233,13 @@ def fail_stale_trials(study: optuna.Study, storage: Any) -> int:
 def parent_run(exp: Experiment, uri: str) -> str:
     """The study's parent MLflow run: reused when the study continues, else created."""
     name = study_name(exp)
-    existing = tracking.find_runs(uri, exp.name, {tracking.TAG_STUDY: name, "mtbench.study_parent": "true"})
+    existing = tracking.find_runs(uri, exp.name, {tracking.TAG_STUDY: name, tracking.TAG_STUDY_PARENT: "true"})
     if existing:
         return existing[0]
     tracker = tracking.Tracker.start(uri, exp.name, f"study-{name}",
-                                     {tracking.TAG_STUDY: name, "mtbench.study_parent": "true",
-                                      tracking.TAG_EXPERIMENT: exp.name})
+                                     {tracking.TAG_STUDY: name, tracking.TAG_STUDY_PARENT: "true",
+                                      tracking.TAG_EXPERIMENT: exp.name, TAG_STORAGE: storage_spec(exp),
+                                      TAG_OBJECTIVE: exp.search.objective, TAG_DIRECTION: direction(exp)})
     return tracker.run_id
 
 

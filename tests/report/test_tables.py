@@ -1,7 +1,9 @@
-"""build_report end to end on a real sqlite MLflow store, checked against hand-computed values."""
+"""build_report end to end on a real sqlite MLflow store (runs logged through the library), checked
+against hand-computed aggregates, Δm, bold/underline choices, published rows and refusals."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import subprocess
@@ -16,7 +18,7 @@ from mtbench.metrics import delta_m
 from mtbench.report import build_report
 from mtbench.report.collect import TASK_ORDER
 from mtbench.report.published import published_row
-from mtbench.report.tables import latex_escape
+from mtbench.report.tables import latex_escape, ranks
 from mtbench.tasks import TASK_NAMES
 from mtbench.tracking import Tracker
 
@@ -28,7 +30,7 @@ NYUD = {
     ("demt", 0): {"semseg/mIoU": 44.0, "depth/rmse": 0.58, "normals/mean": 20.0, "edge/odsF": 70.0},
     ("demt", 1): {"semseg/mIoU": 46.0, "depth/rmse": 0.60, "normals/mean": 21.0, "edge/odsF": 72.0},
     ("demt", 2): {"semseg/mIoU": 45.0, "depth/rmse": 0.59, "normals/mean": 19.0, "edge/odsF": 71.0},
-    ("mtl_base", 0): {"semseg/mIoU": 41.0, "depth/rmse": 0.62, "normals/mean": 21.0, "depth/abs_rel": 0.2},
+    ("no_deformable", 0): {"semseg/mIoU": 41.0, "depth/rmse": 0.62, "normals/mean": 21.0, "depth/abs_rel": 0.2},
 }
 # Δm (%) of each seed run by hand: (100/3) [ (mIoU-41)/41 - (rmse-0.62)/0.62 - (normals-21)/21 ].
 DELTA = {
@@ -37,16 +39,29 @@ DELTA = {
     ("demt", 0): 100 / 3 * (3 / 41 + 0.04 / 0.62 + 1 / 21),
     ("demt", 1): 100 / 3 * (5 / 41 + 0.02 / 0.62 + 0 / 21),
     ("demt", 2): 100 / 3 * (4 / 41 + 0.03 / 0.62 + 2 / 21),
-    ("mtl_base", 0): 0.0,
+    ("no_deformable", 0): 0.0,
 }
+MODEL = {"single_task": "single_task", "demt": "demt", "no_deformable": "demt"}
+OPTIONS = {"no_deformable": {"model.options.deformable": "False"}}
+COST = {"single_task": (110.0, 400.0), "demt": (32.07, 121.26), "no_deformable": (31.9, 118.0)}
 
 
-def _log(uri: str, experiment: str, variant: str, seed: int, metrics: dict[str, float],
-         status: str = "FINISHED") -> str:
+def log_run(uri: str, experiment: str, variant: str, seed: int, metrics: dict[str, float], *,
+            status: str = "FINISHED", model: str | None = None, dataset_variant: str = "NYUDv2",
+            params: dict[str, str] | None = None, cost: tuple[float, float] | None = None) -> str:
+    """Log one trial run the way the engine does: tags, params, val history and test metrics."""
     tags = {tracking.TAG_EXPERIMENT: experiment, tracking.TAG_VARIANT: variant, tracking.TAG_SEED: str(seed),
-            tracking.TAG_MODEL: variant, tracking.TAG_DATASET: "synthetic_nyud", tracking.TAG_CHECKPOINT: "final"}
+            tracking.TAG_MODEL: model or variant, tracking.TAG_DATASET: "nyud", tracking.TAG_CHECKPOINT: "final",
+            tracking.TAG_DATASET_VARIANT: dataset_variant, tracking.TAG_PROTOCOL: "atrc",
+            tracking.TAG_METRIC_VARIANTS: json.dumps({t: "reference" for t in ("semseg", "depth", "normals")})}
     tracker = Tracker.start(uri, experiment, f"{variant}-seed{seed}", tags)
-    tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step=1)
+    params_m, gflops = cost or (math.nan, math.nan)
+    tracker.log_params({"model.name": model or variant, "model.backbone": "swin_tiny", "seed": seed,
+                        "variant": variant, "train.steps": 2, **(params or {}),
+                        **({"cost/params_M": params_m, "cost/gflops_fvcore": gflops, "cost/input_size": "448x576"}
+                           if cost else {})})
+    for step, scale in ((1, 0.5), (2, 1.0)):
+        tracker.log_metrics({f"val/{k}": v * scale for k, v in metrics.items()}, step=step)
     tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, step=2)
     tracker.end(status)
     return tracker.run_id
@@ -54,18 +69,24 @@ def _log(uri: str, experiment: str, variant: str, seed: int, metrics: dict[str, 
 
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A store with experiments `nyud_abl` (with reference), `no_ref`, `split_st` and `all_failed`."""
+    """A store with the experiments the tests report on."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('store')}/mlruns.db"
     for (variant, seed), metrics in NYUD.items():
-        _log(uri, "nyud_abl", variant, seed, metrics)
-    _log(uri, "nyud_abl", "demt", 3, {"semseg/mIoU": 99.0}, status="FAILED")  # must not count
-    _log(uri, "no_ref", "a_b", 0, {"semseg/mIoU": 0.5})
-    _log(uri, "no_ref", "a_b", 1, {"semseg/mIoU": 0.7})
+        log_run(uri, "nyud_abl", variant, seed, metrics, model=MODEL[variant], params=OPTIONS.get(variant),
+                cost=COST[variant])
+    log_run(uri, "nyud_abl", "demt", 3, {"semseg/mIoU": 99.0}, status="FAILED", model="demt")  # must not count
+    log_run(uri, "no_ref", "a_b", 0, {"semseg/mIoU": 0.5})
+    log_run(uri, "no_ref", "a_b", 1, {"semseg/mIoU": 0.7})
     # A single-task baseline run once per task: the runs of one seed merge into one row.
-    _log(uri, "split_st", "single_task", 0, {"semseg/mIoU": 40.0})
-    _log(uri, "split_st", "single_task", 0, {"depth/rmse": 0.5})
-    _log(uri, "split_st", "mtl", 0, {"semseg/mIoU": 44.0, "depth/rmse": 0.45})
-    _log(uri, "all_failed", "x", 0, {"semseg/mIoU": 1.0}, status="FAILED")
+    log_run(uri, "split_st", "single_task", 0, {"semseg/mIoU": 40.0})
+    log_run(uri, "split_st", "single_task", 0, {"depth/rmse": 0.5})
+    log_run(uri, "split_st", "mtl", 0, {"semseg/mIoU": 44.0, "depth/rmse": 0.45})
+    log_run(uri, "all_failed", "x", 0, {"semseg/mIoU": 1.0}, status="FAILED")
+    # Saliency computed with two definitions, and runs on two NYUD archives: both must be refused.
+    log_run(uri, "mixed_sal", "single_task", 0, {"semseg/mIoU": 40.0, "sal/maxF": 80.0})
+    log_run(uri, "mixed_sal", "invpt", 0, {"semseg/mIoU": 41.0, "sal/maxF-invpt": 78.0})
+    log_run(uri, "mixed_data", "single_task", 0, {"semseg/mIoU": 40.0}, dataset_variant="NYUD_MT")
+    log_run(uri, "mixed_data", "demt", 0, {"semseg/mIoU": 41.0}, dataset_variant="NYUDv2")
     return uri
 
 
@@ -73,18 +94,28 @@ def uri(tmp_path_factory: pytest.TempPathFactory) -> str:
 def nyud(uri: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Report folder of `nyud_abl`."""
     out = tmp_path_factory.mktemp("reports")
-    paths = build_report(uri, "nyud_abl", out_dir=out)
-    assert [p.name for p in paths] == ["results.tex", "results_standalone.tex", "results.md", "results.csv"]
-    return out / "nyud_abl"
+    report = build_report(uri, ["nyud_abl"], out_dir=out)
+    assert report.folder == out / "nyud_abl"
+    return report.folder
 
 
 def test_task_order_covers_every_task() -> None:
     assert sorted(TASK_ORDER) == sorted(TASK_NAMES)
 
 
+def test_every_file_is_written_and_nothing_else(nyud: Path) -> None:
+    names = sorted(p.name for p in nyud.iterdir())
+    figures = [f"{f}.{ext}" for f in ("delta_m_vs_gflops", "task_change", "val_curves") for ext in ("pdf", "png")]
+    assert names == sorted(["results.tex", "results.md", "results.csv", "runs.csv", "ablation.tex", "ablation.csv",
+                            "report_standalone.tex", *figures])
+    for path in nyud.iterdir():
+        assert path.stat().st_size > 0, path
+    assert not [p for p in nyud.parent.iterdir() if p.name.startswith(".")]  # no staging folder left
+
+
 def test_csv_has_hand_computed_values(nyud: Path) -> None:
-    df = pd.read_csv(nyud / "results.csv").set_index("variant")
-    assert df.index.tolist() == ["single_task", "demt", "mtl_base"]
+    df = pd.read_csv(nyud / "results.csv").set_index("label")
+    assert df.index.tolist() == ["single_task", "demt", "no_deformable"]
     assert df["n_seeds"].tolist() == [2, 3, 1]
     assert df.loc["single_task", "semseg/mIoU_mean"] == pytest.approx(41.0)
     assert df.loc["single_task", "semseg/mIoU_std"] == pytest.approx(SQRT2)
@@ -93,106 +124,21 @@ def test_csv_has_hand_computed_values(nyud: Path) -> None:
     assert df.loc["demt", "depth/rmse_mean"] == pytest.approx(0.59)
     assert df.loc["demt", "depth/rmse_std"] == pytest.approx(0.01)
     assert df.loc["demt", "edge/odsF_mean"] == pytest.approx(71.0)
-    assert math.isnan(df.loc["mtl_base", "semseg/mIoU_std"])
-    assert df.loc["mtl_base", "depth/abs_rel_mean"] == pytest.approx(0.2)  # non-primary metrics too
+    assert math.isnan(df.loc["no_deformable", "semseg/mIoU_std"])
+    assert df.loc["no_deformable", "depth/abs_rel_mean"] == pytest.approx(0.2)  # non-primary metrics too
     for variant, seeds in (("single_task", [0, 1]), ("demt", [0, 1, 2])):
         deltas = pd.Series([DELTA[(variant, s)] for s in seeds])
         assert df.loc[variant, "delta_m_mean"] == pytest.approx(deltas.mean(), abs=1e-9)
         assert df.loc[variant, "delta_m_std"] == pytest.approx(deltas.std(ddof=1))
     assert df.loc["demt", "delta_m_mean"] == pytest.approx(6.45224, abs=1e-5)
-    assert df.loc["mtl_base", "delta_m_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert df.loc["no_deformable", "delta_m_mean"] == pytest.approx(0.0, abs=1e-9)
     assert df.loc["demt", "seeds"] == "0;1;2" and df.loc["demt", "checkpoint"] == "final"
+    assert df.loc["demt", "params_m"] == pytest.approx(32.07) and df.loc["demt", "gflops"] == pytest.approx(121.26)
     assert len(df.loc["demt", "run_ids"].split(";")) == 3
 
 
-def test_markdown_table_and_notes(nyud: Path) -> None:
-    md = (nyud / "results.md").read_text()
-    assert ("| variant | #seeds | semseg/mIoU ↑ | depth/rmse ↓ | normals/mean ↓ | edge/odsF ↑ | Δm (%) ↑ |"
-            in md)
-    assert "| single_task | 2 | 41.00 ± 1.41 | 0.6200 ± 0.0283 | 21.00 ± 1.41 | – | 0.00 ± 2.62 |" in md
-    assert ("| demt | 3 | **45.00 ± 1.00** | **0.5900 ± 0.0100** | **20.00 ± 1.00** | 71.00 ± 1.00 "
-            "| **+6.45 ± 1.47** |") in md
-    assert "| mtl_base | 1 | 41.00 | 0.6200 | 21.00 | – | 0.00 |" in md
-    assert ("Δm (%): each seed run against the mean of single_task (2 seeds) over semseg, depth, normals; "
-            "positive is better. 95% t-intervals over seeds of every number are in results.csv. "
-            "Left out of Δm: edge (edge/odsF not logged by every run; missing for mtl_base "
-            "(seed 0); single_task (seeds 0, 1)).") in md
-
-
-def test_latex_is_booktabs_and_escaped(nyud: Path) -> None:
-    tex = (nyud / "results.tex").read_text()
-    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{table}", r"\end{tabular}"):
-        assert rule in tex
-    assert (r"Variant & \#seeds & semseg/mIoU $\uparrow$ & depth/rmse $\downarrow$ & normals/mean $\downarrow$ "
-            r"& edge/odsF $\uparrow$ & $\Delta_m$ (\%) $\uparrow$ \\") in tex
-    assert r"mtl\_base & 1 & $41.00$ & $0.6200$ & $21.00$ & -- & $0.00$ \\" in tex
-    assert r"demt & 3 & $\mathbf{45.00 \pm 1.00}$" in tex
-    assert r"$\Delta_m$ (\%): each seed run against the mean of single\_task (2 seeds)" in tex
-    standalone = (nyud / "results_standalone.tex").read_text()
-    assert standalone.startswith("\\documentclass{article}\n\\usepackage{booktabs}\n")
-    assert tex in standalone and standalone.endswith("\\end{document}\n")
-    assert latex_escape("a_b&c%d$e#f{g}~^\\") == (r"a\_b\&c\%d\$e\#f\{g\}\textasciitilde{}\textasciicircum{}"
-                                                   r"\textbackslash{}")
-
-
-def test_no_temp_files_left(nyud: Path) -> None:
-    assert sorted(p.name for p in nyud.iterdir()) == sorted(
-        ["results.tex", "results_standalone.tex", "results.md", "results.csv"])
-
-
-def test_missing_reference_shows_dash_and_says_why(uri: str, tmp_path: Path) -> None:
-    build_report(uri, "no_ref", out_dir=tmp_path)
-    md = (tmp_path / "no_ref" / "results.md").read_text()
-    assert "| a_b | 2 | 0.6000 ± 0.1414 | – |" in md
-    assert ("No Δm: the experiment has no FINISHED runs of the reference variant 'single_task'; run it, or "
-            "choose another reference variant.") in md
-    build_report(uri, "no_ref", out_dir=tmp_path, reference_variant="a_b")
-    df = pd.read_csv(tmp_path / "no_ref" / "results.csv")
-    # Seeds 0.5 and 0.7 against their mean 0.6: Δm = ±100 * 0.1 / 0.6.
-    assert df.loc[0, "delta_m_std"] == pytest.approx(SQRT2 * 100 * 0.1 / 0.6)
-
-
-def test_runs_of_one_seed_merge(uri: str, tmp_path: Path) -> None:
-    build_report(uri, "split_st", out_dir=tmp_path)
-    df = pd.read_csv(tmp_path / "split_st" / "results.csv").set_index("variant")
-    assert df.loc["single_task", "n_seeds"] == 1
-    assert df.loc["mtl", "delta_m_mean"] == pytest.approx(100 / 2 * (4 / 40 + 0.05 / 0.5))
-    assert "merged, the later run winning per metric: single_task seed 0" in (
-        tmp_path / "split_st" / "results.md").read_text()
-
-
-def test_all_experiments_when_none_named(uri: str, tmp_path: Path) -> None:
-    paths = build_report(uri, None, out_dir=tmp_path)
-    assert sorted({p.parent.name for p in paths}) == ["no_ref", "nyud_abl", "split_st"]
-
-
-def test_no_finished_runs_is_a_clear_error(uri: str, tmp_path: Path) -> None:
-    with pytest.raises(MtbenchError, match=r"no FINISHED runs in experiment 'all_failed' .*found: 1 FAILED.*"
-                                           r"mtbench run"):
-        build_report(uri, "all_failed", out_dir=tmp_path)
-
-
-def test_unwritable_out_dir(uri: str, tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("not a folder")
-    with pytest.raises(MtbenchError, match="cannot write the report to .*Choose another output folder"):
-        build_report(uri, "no_ref", out_dir=blocker)
-
-
-@pytest.mark.service
-def test_standalone_latex_compiles(nyud: Path, tmp_path: Path) -> None:
-    if shutil.which("pdflatex") is None:
-        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
-    shutil.copy(nyud / "results_standalone.tex", tmp_path)
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "results_standalone.tex"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    assert "Overfull" not in proc.stdout
-    assert (tmp_path / "results_standalone.pdf").stat().st_size > 0
-
-
 def test_csv_has_95_percent_t_intervals(nyud: Path) -> None:
-    df = pd.read_csv(nyud / "results.csv").set_index("variant")
+    df = pd.read_csv(nyud / "results.csv").set_index("label")
     # demt semseg/mIoU seeds 44, 46, 45: mean 45, std 1, t_{0.975, 2} = 4.302653 → half width 4.302653 / sqrt 3
     half = 4.302653 / math.sqrt(3)
     assert df.loc["demt", "semseg/mIoU_ci95_low"] == pytest.approx(45 - half, rel=1e-6)
@@ -200,23 +146,237 @@ def test_csv_has_95_percent_t_intervals(nyud: Path) -> None:
     deltas = pd.Series([DELTA[("demt", s)] for s in (0, 1, 2)])
     delta_half = 4.302653 * deltas.std(ddof=1) / math.sqrt(3)
     assert df.loc["demt", "delta_m_ci95_high"] == pytest.approx(deltas.mean() + delta_half, rel=1e-6)
-    assert math.isnan(df.loc["mtl_base", "semseg/mIoU_ci95_low"])  # one seed: no interval
+    assert math.isnan(df.loc["no_deformable", "semseg/mIoU_ci95_low"])  # one seed: no interval
+
+
+def test_runs_csv_lists_every_run_with_its_status(nyud: Path) -> None:
+    runs = pd.read_csv(nyud / "runs.csv")
+    assert len(runs) == 7 and sorted(runs["status"].unique()) == ["FAILED", "FINISHED"]
+    failed = runs[runs["status"] == "FAILED"].iloc[0]
+    assert failed["label"] == "demt" and failed["seed"] == 3 and failed["semseg/mIoU"] == 99.0
+    assert set(runs["dataset_variant"]) == {"NYUDv2"} and set(runs["input_size"].dropna()) == {"448x576"}
+    md = (nyud / "results.md").read_text()
+    assert "Not in the table (1 run(s) that did not finish): demt seed 3 FAILED (" in md
+
+
+def test_markdown_bold_best_and_underlined_second(nyud: Path) -> None:
+    md = (nyud / "results.md").read_text()
+    assert ("| variant | #seeds | semseg mIoU ↑ | depth rmse ↓ | normals mean ↓ | edge odsF ↑ | Δm (%) ↑ "
+            "| Params (M) | GFLOPs |") in md
+    # mIoU 41, 45, 41 → demt best, the two 41s tie for second; edge: only demt has it → nothing ranked.
+    assert ("| single_task | 2 | <u>41.00 ± 1.41</u> | <u>0.6200 ± 0.0283</u> | <u>21.00 ± 1.41</u> | – "
+            "| <u>0.00 ± 2.62</u> | 110.00 | 400.00 |") in md
+    assert ("| demt | 3 | **45.00 ± 1.00** | **0.5900 ± 0.0100** | **20.00 ± 1.00** | 71.00 ± 1.00 "
+            "| **+6.45 ± 1.47** | 32.07 | 121.26 |") in md
+    assert ("| no_deformable | 1 | <u>41.00</u> | <u>0.6200</u> | <u>21.00</u> | – | <u>0.00</u> | 31.90 "
+            "| 118.00 |") in md
+    assert ("Δm (%): each seed run against the mean of single_task (2 seeds) over semseg, depth, normals; "
+            "positive is better. 95% t-intervals over seeds of every number are in results.csv. "
+            "Left out of Δm: edge (edge/odsF is not in the reference single_task).") in md
+    assert "GFLOPs: fvcore, one image of 448x576" in md
+
+
+def test_mean_only_option(uri: str, tmp_path: Path) -> None:
+    build_report(uri, ["nyud_abl"], out_dir=tmp_path, show_std=False)
+    md = (tmp_path / "nyud_abl" / "results.md").read_text()
+    assert "| demt | 3 | **45.00** | **0.5900** | **20.00** | 71.00 | **+6.45** | 32.07 | 121.26 |" in md
+    assert "mean over seeds;" in md and "±" not in md.split("\n\n")[1]
+
+
+def test_ranks_ties_and_small_tables() -> None:
+    s = pd.Series([1.0, 3.0, 3.0, 2.0, math.nan])
+    assert ranks(s, True, 2).tolist() == [0, 1, 1, 2, 0]
+    assert ranks(s, False, 2).tolist() == [1, 0, 0, 2, 0]
+    assert ranks(pd.Series([1.0, 2.0]), True, 2).tolist() == [0, 1]  # two rows: no second place
+    assert ranks(pd.Series([1.0, 1.004]), True, 2).tolist() == [0, 0]  # equal as displayed: nothing stands out
+    assert ranks(pd.Series([5.0]), True, 2).tolist() == [0]
+
+
+def test_ablation_layout_marks_switched_components(nyud: Path) -> None:
+    md = (nyud / "results.md").read_text()
+    ablation = md.split("### nyud_abl: ablation")[1]
+    # deformable: demt's default (true) for demt, false for no_deformable, no such option for single_task.
+    assert "| variant | model | deformable | semseg mIoU ↑ |" in ablation
+    assert "| single_task | single_task | – |" in ablation
+    assert "| demt | demt | ✓ | **45.00 ± 1.00** |" in ablation
+    assert "| no_deformable | demt | ✗ |" in ablation
+    tex = (nyud / "ablation.tex").read_text()
+    assert r"no\_deformable & demt & $\times$ &" in tex and r"demt & demt & \checkmark &" in tex
+    csv = pd.read_csv(nyud / "ablation.csv").set_index("label")
+    assert csv.loc["no_deformable", "model.options.deformable"] == False  # noqa: E712 - read back as a bool
+    assert csv.loc["demt", "model.options.deformable"] == True  # noqa: E712 - the model's default, filled in
+
+
+def test_latex_is_booktabs_and_escaped(nyud: Path) -> None:
+    tex = (nyud / "results.tex").read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{table}", r"\end{tabular}"):
+        assert rule in tex
+    assert (r"Method & \#seeds & semseg mIoU $\uparrow$ & depth rmse $\downarrow$ & normals mean $\downarrow$ "
+            r"& edge odsF $\uparrow$ & $\Delta_m$ (\%) $\uparrow$ & Params (M) & GFLOPs \\") in tex
+    assert (r"no\_deformable & 1 & $\underline{41.00}$ & $\underline{0.6200}$ & $\underline{21.00}$ & -- "
+            r"& $\underline{0.00}$") in tex
+    assert r"demt & 3 & $\mathbf{45.00 \pm 1.00}$" in tex and r"$\mathbf{+6.45 \pm 1.47}$" in tex
+    assert r"$\Delta_m$ (\%): each seed run against the mean of single\_task (2 seeds)" in tex
+    standalone = (nyud / "report_standalone.tex").read_text()
+    assert standalone.startswith("\\documentclass{article}\n\\usepackage{booktabs}\n")
+    assert tex in standalone and (nyud / "ablation.tex").read_text() in standalone
+    assert standalone.endswith("\\end{document}\n")
+    assert latex_escape("a_b&c%d$e#f{g}~^\\") == (r"a\_b\&c\%d\$e\#f\{g\}\textasciitilde{}\textasciicircum{}"
+                                                   r"\textbackslash{}")
+
+
+def _pdflatex(folder: Path, tmp_path: Path, name: str) -> None:
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed (apt-get install texlive-latex-base texlive-latex-recommended)")
+    shutil.copy(folder / name, tmp_path)
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", name],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "Overfull" not in proc.stdout
+    assert (tmp_path / name.replace(".tex", ".pdf")).stat().st_size > 0
+
+
+@pytest.mark.service
+def test_standalone_latex_compiles(nyud: Path, tmp_path: Path) -> None:
+    _pdflatex(nyud, tmp_path, "report_standalone.tex")
+
+
+def test_report_run_in_mlflow_holds_every_file(uri: str, nyud: Path) -> None:
+    reports = tracking.load_runs(uri, "nyud_abl", kinds=("report",))
+    assert len(reports) >= 1 and set(reports["status"]) == {"FINISHED"}
+    run_id = reports.sort_values("start_time")["run_id"].iloc[-1]
+    from mlflow.tracking import MlflowClient
+
+    logged = sorted(a.path for a in MlflowClient(tracking_uri=uri).list_artifacts(run_id))
+    assert logged == sorted(p.name for p in nyud.iterdir())
+    # The report run is not a trial: it never enters a table.
+    assert "report" not in set(tracking.load_runs(uri, "nyud_abl")["kind"])
+
+
+def test_missing_reference_is_refused_and_none_leaves_delta_m_out(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(MtbenchError, match=r"Δm reference 'single_task' has no FINISHED runs here \(rows: a_b\)"
+                                           r".*--reference none"):
+        build_report(uri, ["no_ref"], out_dir=tmp_path)
+    assert not (tmp_path / "no_ref").exists()
+    build_report(uri, ["no_ref"], out_dir=tmp_path, reference="none")
+    md = (tmp_path / "no_ref" / "results.md").read_text()
+    assert "| a_b | 2 | 0.6000 ± 0.1414 | – |" in md and "No Δm: no reference was chosen" in md
+    build_report(uri, ["no_ref"], out_dir=tmp_path, reference="a_b")
+    df = pd.read_csv(tmp_path / "no_ref" / "results.csv")
+    # Seeds 0.5 and 0.7 against their mean 0.6: Δm = ±100 * 0.1 / 0.6.
+    assert df.loc[0, "delta_m_std"] == pytest.approx(SQRT2 * 100 * 0.1 / 0.6)
+
+
+def test_runs_of_one_seed_merge(uri: str, tmp_path: Path) -> None:
+    build_report(uri, ["split_st"], out_dir=tmp_path)
+    df = pd.read_csv(tmp_path / "split_st" / "results.csv").set_index("label")
+    assert df.loc["single_task", "n_seeds"] == 1
+    assert df.loc["mtl", "delta_m_mean"] == pytest.approx(100 / 2 * (4 / 40 + 0.05 / 0.5))
+    assert "merged, the later run winning per metric: single_task (seed 0)" in (
+        tmp_path / "split_st" / "results.md").read_text()
+
+
+def test_several_experiments_make_one_table(uri: str, tmp_path: Path) -> None:
+    report = build_report(uri, ["nyud_abl", "split_st"], out_dir=tmp_path, reference="nyud_abl/single_task")
+    assert report.folder.name == "nyud_abl+split_st"
+    labels = pd.read_csv(report.folder / "results.csv")["label"].tolist()
+    assert labels == ["nyud_abl/single_task", "nyud_abl/demt", "nyud_abl/no_deformable", "split_st/single_task",
+                      "split_st/mtl"]
+    with pytest.raises(MtbenchError, match="'single_task' is ambiguous"):
+        build_report(uri, ["nyud_abl", "split_st"], out_dir=tmp_path)
+
+
+def test_no_finished_runs_and_unknown_experiment_are_clear_errors(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(MtbenchError, match=r"no FINISHED runs among the 1 trial run\(s\) found \(1 FAILED\)"):
+        build_report(uri, ["all_failed"], out_dir=tmp_path)
+    with pytest.raises(MtbenchError, match=r"no MLflow experiment named 'nope'.*existing experiments: Default, all_failed, "):
+        build_report(uri, ["nope"], out_dir=tmp_path)
+    with pytest.raises(MtbenchError, match="no runs in experiment.*matching"):
+        build_report(uri, ["nyud_abl"], out_dir=tmp_path, tags={tracking.TAG_MODEL: "mtinet"})
+    with pytest.raises(MtbenchError, match="invalid run query"):
+        build_report(uri, ["nyud_abl"], out_dir=tmp_path, query="tags.x ~~ 3")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_tag_filter_selects_runs(uri: str, tmp_path: Path) -> None:
+    report = build_report(uri, ["nyud_abl"], out_dir=tmp_path, tags={tracking.TAG_MODEL: "demt"}, reference="demt")
+    assert report.table.summary.index.tolist() == ["demt", "no_deformable"]
+
+
+def test_mixed_metric_variants_are_refused(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(MtbenchError, match=r"sal: the runs computed sal/maxF with different metric variants "
+                                           r"\(sal/maxF: single_task \(seed 0\); sal/maxF-invpt: invpt \(seed 0\)\)"):
+        build_report(uri, ["mixed_sal"], out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_mixed_dataset_variants_are_refused(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(MtbenchError, match=r"different dataset variants \(NYUD_MT: single_task \(seed 0\); "
+                                           r"NYUDv2: demt \(seed 0\)\).*--tag mtbench.dataset_variant=NYUD_MT"):
+        build_report(uri, ["mixed_data"], out_dir=tmp_path)
+    report = build_report(uri, ["mixed_data"], out_dir=tmp_path, tags={tracking.TAG_DATASET_VARIANT: "NYUDv2"},
+                          reference="none")
+    assert report.table.summary.index.tolist() == ["demt"]
+
+
+def test_unwritable_out_dir(uri: str, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(MtbenchError, match="cannot write the report to .*Choose another output folder"):
+        build_report(uri, ["no_ref"], out_dir=blocker, reference="none")
 
 
 def test_delta_m_against_a_published_row(uri: str, tmp_path: Path) -> None:
-    # ATRC/nyud published: mIoU 46.33, rmse 0.5363, normals 20.18, odsF 77.94. demt seed 0 (44, 0.58, 20, 70):
-    # (100/4) [ -2.33/46.33 - 0.0437/0.5363 + 0.18/20.18 - 7.94/77.94 ]
-    #   = 25 [ -0.0502914 - 0.0814843 + 0.0089197 - 0.1018732 ] = 25 (-0.2247292) = -5.61823
-    atrc = published_row("ATRC/nyud")
-    assert delta_m(NYUD[("demt", 0)], atrc.metrics, tasks=["semseg", "depth", "normals", "edge"]) == \
-        pytest.approx(-5.61823, abs=1e-5)
-    build_report(uri, "nyud_abl", out_dir=tmp_path, reference_variant="published:ATRC/nyud")
-    df = pd.read_csv(tmp_path / "nyud_abl" / "results.csv").set_index("variant")
-    # edge/odsF is missing for single_task and mtl_base, so Δm covers semseg, depth, normals only:
+    # DeMT/nyud/Swin-T published: mIoU 46.36, rmse 0.5871, normals 20.6, odsF 76.9. demt seed 0 (44, 0.58, 20, 70):
+    # (100/4) [ -2.36/46.36 + 0.0071/0.5871 + 0.6/20.6 - 6.9/76.9 ]
+    #   = 25 [ -0.0509060 + 0.0120933 + 0.0291262 - 0.0897269 ] = 25 (-0.0994134) = -2.48534
+    row = published_row("DeMT/nyud/Swin-T")
+    assert delta_m(NYUD[("demt", 0)], row.metrics, tasks=["semseg", "depth", "normals", "edge"]) == \
+        pytest.approx(-2.48534, abs=1e-5)
+    build_report(uri, ["nyud_abl"], out_dir=tmp_path, reference="published:DeMT/nyud/Swin-T")
+    df = pd.read_csv(tmp_path / "nyud_abl" / "results.csv").set_index("label")
+    # edge/odsF is missing for single_task and no_deformable, so Δm covers semseg, depth, normals only:
     seeds = [(44, 0.58, 20), (46, 0.60, 21), (45, 0.59, 19)]
-    by_hand = [100 / 3 * ((m - 46.33) / 46.33 - (r - 0.5363) / 0.5363 - (n - 20.18) / 20.18) for m, r, n in seeds]
+    by_hand = [100 / 3 * ((m - 46.36) / 46.36 - (r - 0.5871) / 0.5871 - (n - 20.6) / 20.6) for m, r, n in seeds]
     assert df.loc["demt", "delta_m_mean"] == pytest.approx(sum(by_hand) / 3, rel=1e-9)
     md = (tmp_path / "nyud_abl" / "results.md").read_text()
-    assert "against ATRC/nyud (published) over semseg, depth, normals" in md
-    with pytest.raises(MtbenchError, match="no published row 'ATRC/nyudv2'. Did you mean 'ATRC/nyud'"):
-        build_report(uri, "nyud_abl", out_dir=tmp_path, reference_variant="published:ATRC/nyudv2")
+    assert "against DeMT/nyud/Swin-T (published, xu2023demt) over semseg, depth, normals" in md
+    with pytest.raises(MtbenchError, match="no published row 'DeMT/nyud/Swin'. Did you mean"):
+        build_report(uri, ["nyud_abl"], out_dir=tmp_path, reference="published:DeMT/nyud/Swin")
+
+
+def test_published_reference_on_other_data_is_refused(uri: str, tmp_path: Path) -> None:
+    with pytest.raises(MtbenchError, match="cannot be the Δm reference of these runs: .*NYUD_MT"):
+        build_report(uri, ["mixed_data"], out_dir=tmp_path, tags={tracking.TAG_DATASET_VARIANT: "NYUD_MT"},
+                     reference="published:DeMT/nyud/Swin-T")
+
+
+def test_with_published_adds_comparable_rows_with_citations(uri: str, tmp_path: Path) -> None:
+    report = build_report(uri, ["nyud_abl"], out_dir=tmp_path, with_published="nyud")
+    summary = report.table.summary
+    published = summary[summary["kind"] == "published"]
+    assert "DeMT (Swin-T)" in published.index and published.loc["DeMT (Swin-T)", "cite"] == "xu2023demt"
+    assert published.loc["DeMT (Swin-T)", "semseg/mIoU_mean"] == pytest.approx(46.36)
+    # Its Δm against the single_task mean (41, 0.62, 21) over semseg, depth, normals:
+    expected = 100 / 3 * ((46.36 - 41) / 41 - (0.5871 - 0.62) / 0.62 - (20.6 - 21) / 21)
+    assert published.loc["DeMT (Swin-T)", "delta_m_mean"] == pytest.approx(expected, rel=1e-9)
+    folder = tmp_path / "nyud_abl"
+    tex = (folder / "results.tex").read_text()
+    assert r"DeMT (Swin-T)~\cite{xu2023demt}" in tex and r"$^\dagger$" not in tex.split("\\end{tabular}")[0] \
+        or r"^{\dagger}" in tex
+    assert (folder / "references.bib").read_text().count("xu2023demt") == 1
+    md = (folder / "results.md").read_text()
+    assert "| DeMT (Swin-T) [xu2023demt] |" in md
+    # The best mIoU is now a published row (e.g. Swin-B's): bold goes to whichever row is best.
+    best = summary["semseg/mIoU_mean"].idxmax()
+    assert f"**{summary.loc[best, 'semseg/mIoU_mean']:.2f}" in md
+    # Rows on another archive or metric definition are listed, not added.
+    for name, why in report.table.not_comparable.items():
+        assert name not in published.index and why
+        assert f"Published row not comparable, left out: {name} (" in md
+
+
+@pytest.mark.service
+def test_latex_with_published_rows_compiles(uri: str, tmp_path: Path) -> None:
+    report = build_report(uri, ["nyud_abl"], out_dir=tmp_path / "out", with_published="nyud")
+    _pdflatex(report.folder, tmp_path, "report_standalone.tex")
