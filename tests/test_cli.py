@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import EXPERIMENTS, run_cli
 
@@ -61,8 +62,37 @@ def test_run_logs_to_mlflow_and_report_writes_tables(tmp_path):
     assert {"semseg/mIoU", "depth/rmse", "normals/mean"} <= set(runs.columns)
     report = run_cli("report", "--experiment", "tiny", "--out", "reports", cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    for name in ("results.tex", "results.md", "results.csv"):
-        assert (tmp_path / "reports" / "tiny" / name).is_file()
+    folder = tmp_path / "reports" / "tiny"
+    for name in ("results.tex", "results.md", "results.csv", "runs.csv", "ablation.tex", "report_standalone.tex",
+                 "delta_m_vs_gflops.png", "task_change.pdf", "val_curves.png"):
+        assert (folder / name).is_file(), name
+    assert "Δm against the mean of single_task (2 seeds) over semseg, depth, normals" in report.stdout
+    assert "MLflow report run" in report.stdout
+    summary = pd.read_csv(folder / "results.csv").set_index("label")
+    assert summary.loc["shared_encoder", "gflops"] > 0 and summary.loc["single_task", "params_m"] > 0
+    reports = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "tiny", kinds=("report",))
+    assert len(reports) == 1 and reports["status"].iloc[0] == "FINISHED"
+
+
+def test_report_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path):
+    from mtbench import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    for variant, key in (("single_task", "sal/maxF"), ("invpt", "sal/maxF-invpt")):
+        tracker = tracking.Tracker.start(uri, "mixed", variant, {tracking.TAG_VARIANT: variant, tracking.TAG_SEED: "0",
+                                                                 tracking.TAG_MODEL: variant})
+        tracker.log_metrics({f"test/{key}": 80.0}, step=1)
+        tracker.end()
+    cases = {("-e", "nope"): "no MLflow experiment named 'nope'",
+             ("-e", "mixed"): "sal: the runs computed sal/maxF with different metric variants",
+             ("-e", "mixed", "--tag", "mtbench.model=demt"): "no runs in experiment(s) 'mixed' matching",
+             ("-e", "mixed", "--tag", "model"): "--tag 'model': write key=value",
+             (): "name the experiment(s) to report with --experiment; experiments at"}
+    for args, message in cases.items():
+        result = run_cli("report", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stdout + result.stderr and "Traceback" not in result.stderr, args
+    assert not (tmp_path / "reports").exists() or not list((tmp_path / "reports").iterdir())
 
 
 def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
@@ -166,6 +196,13 @@ def test_ui_serves_the_run_store(tmp_path):
         assert '"name": "tiny"' in body.replace('":"', '": "')
         with urllib.request.urlopen(base + "/", timeout=5) as response:
             assert response.status == 200 and "<html" in response.read().decode().lower()
+        # A report read from (and logged to) the server: the UI lists its files beside the runs.
+        report = run_cli("report", "-e", "tiny", "--reference", "none", "--tracking-uri", base, cwd=tmp_path)
+        assert report.returncode == 0, report.stdout + report.stderr
+        run_id = report.stdout.split("MLflow report run ")[1].split()[0]
+        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/artifacts/list?run_id={run_id}", timeout=10) as response:
+            listed = json.loads(response.read().decode())
+        assert {"results.tex", "results.md", "val_curves.png"} <= {f["path"] for f in listed["files"]}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)

@@ -73,7 +73,7 @@ def edge(*, dataset: str | None, pos_weight: float = DEFAULT_EDGE_POS_WEIGHT) ->
 
 
 class BoundaryMeter(Meter):
-    """`edge/odsF`, `edge/oisF`, `edge/AP` (percent; `suffix` appended, e.g. `-odsf_raw`) with the SEISM protocol.
+    """`edge/odsF`, `edge/oisF`, `edge/AP` (percent; `-<metric_variant>` appended, e.g. `-odsf_raw`), SEISM protocol.
 
     `update(pred, target)`: pred (B, 1, H, W) logits (scored as sigmoid probabilities), target (B, 1, H, W)
     float in {0, 1} with 255 = ignore; each image is cropped to its non-ignored box (the image before
@@ -91,13 +91,13 @@ class BoundaryMeter(Meter):
     task = "edge"
     concat_states = frozenset({"counts"})
 
-    def __init__(self, protocol: BoundaryProtocol, *, num_workers: int = 0, suffix: str = "") -> None:
+    def __init__(self, protocol: BoundaryProtocol, *, num_workers: int = 0, metric_variant: str | None = None) -> None:
         super().__init__()
         if num_workers < 0:
             raise MtbenchError(f"edge meter: num_workers must be >= 0; got {num_workers}.")
         self.protocol = protocol
         self.num_workers = int(num_workers)
-        self.suffix = suffix
+        self.metric_variant = metric_variant
         self._rows: list[np.ndarray] = []
         self._pending: list[Future] = []
         self._pool: ProcessPoolExecutor | None = None
@@ -176,12 +176,12 @@ class BoundaryMeter(Meter):
 
     def _compute(self, state: dict[str, Tensor]) -> dict[str, float]:
         scores = scores_from_counts(state["counts"].cpu().numpy(), self.protocol.thresholds)
-        return {f"edge/{name}{self.suffix}": scores[name] for name in ("odsF", "oisF", "AP")}
+        return {f"edge/{name}": scores[name] for name in ("odsF", "oisF", "AP")}
 
 
 def _boundary_meter(dataset: str | None, *, thresholds: Sequence[float], nms: bool, quantize: bool,
                     max_dist: float | None, thin_gt: bool, gt_as_segmentation: bool | None, num_workers: int,
-                    suffix: str) -> BoundaryMeter:
+                    metric_variant: str | None) -> BoundaryMeter:
     family = None
     if dataset is not None:
         get_task("edge").num_outputs(dataset)
@@ -195,7 +195,7 @@ def _boundary_meter(dataset: str | None, *, thresholds: Sequence[float], nms: bo
         gt_as_segmentation = family == "nyud"
     protocol = BoundaryProtocol(max_dist=float(max_dist), thresholds=tuple(thresholds), nms=nms,
                                 quantize=quantize, thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation)
-    return BoundaryMeter(protocol, num_workers=num_workers, suffix=suffix)
+    return BoundaryMeter(protocol, num_workers=num_workers, metric_variant=metric_variant)
 
 
 @METERS.register("edge:odsf_nms")
@@ -209,7 +209,7 @@ def edge_odsf_nms(*, dataset: str | None, num_workers: int = 0, max_dist: float 
     """
     return _boundary_meter(dataset, thresholds=NMS_THRESHOLDS, nms=True, quantize=quantize, max_dist=max_dist,
                            thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation, num_workers=num_workers,
-                           suffix="")
+                           metric_variant=None)
 
 
 @METERS.register("edge:odsf_raw")
@@ -220,4 +220,4 @@ def edge_odsf_raw(*, dataset: str | None, num_workers: int = 0, max_dist: float 
     `edge/oisF-odsf_raw`, `edge/AP-odsf_raw`. Options as `edge:odsf_nms`."""
     return _boundary_meter(dataset, thresholds=RAW_THRESHOLDS, nms=False, quantize=quantize, max_dist=max_dist,
                            thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation, num_workers=num_workers,
-                           suffix="-odsf_raw")
+                           metric_variant="odsf_raw")

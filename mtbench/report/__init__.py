@@ -24,6 +24,8 @@ from mtbench.report.collect import collect_runs, finished_trials, omitted_runs, 
 
 __all__ = ["Report", "ResultTable", "build_report", "report_folder"]
 
+REPORT_FILES = ("results.tex", "results.md", "results.csv", "runs.csv", "ablation.tex", "ablation.csv",
+                "report_standalone.tex", "references.bib")
 BIB = Path(__file__).resolve().parents[2] / "baselines" / "references.bib"
 
 
@@ -42,6 +44,14 @@ class Report:
 def report_folder(name: str) -> str:
     """Return a file-system-safe folder name for a report (an experiment name, or joined names)."""
     return re.sub(r"[^A-Za-z0-9.+_-]+", "_", name).strip("._") or "report"
+
+
+def _is_report_file(name: str) -> bool:
+    """Whether `name` is a file that some report writes (so an older copy of it is stale)."""
+    from mtbench.report.figures import FIGURES
+
+    stem, _, suffix = name.rpartition(".")
+    return name in REPORT_FILES or (stem in FIGURES and suffix in ("pdf", "png"))
 
 
 def _texts(table: ResultTable, runs: pd.DataFrame, omitted: pd.DataFrame, show_std: bool) -> dict[str, str]:
@@ -99,11 +109,17 @@ def _study_view(runs: pd.DataFrame) -> object | None:
 
 
 def _publish(staging: Path, target: Path) -> None:
-    """Replace `target` with the finished `staging` folder (a reader never sees a half-written report)."""
+    """Replace `target` with the finished `staging` folder (a reader never sees a half-written report).
+
+    Files of the old folder that no report writes (a study's best_config.yaml) move into the new one.
+    """
     old = target.with_name(f".{target.name}.old")
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
+        for path in target.iterdir():
+            if not _is_report_file(path.name) and not (staging / path.name).exists():
+                path.rename(staging / path.name)
         target.rename(old)
     staging.rename(target)
     if old.exists():

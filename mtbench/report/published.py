@@ -80,11 +80,7 @@ def logged_metric_name(key: str, dataset: str, variant: str) -> str:
     """
     task = key.split("/", 1)[0]
     meter = build_meter(task, dataset=MTBENCH_DATASET[dataset], variant=variant)
-    name = variant_metric_name(key, meter.metric_variant)
-    # The boundary meters name their variant with a suffix and leave metric_variant None (edge:odsf_raw logs
-    # edge/odsF-odsf_raw); follow what the meter logs.
-    suffix = getattr(meter, "suffix", "")
-    return name + suffix if meter.metric_variant is None and suffix else name
+    return variant_metric_name(key, meter.metric_variant)
 
 
 def _optional_float(value: Any) -> float | None:

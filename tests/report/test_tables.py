@@ -289,7 +289,8 @@ def test_several_experiments_make_one_table(uri: str, tmp_path: Path) -> None:
 def test_no_finished_runs_and_unknown_experiment_are_clear_errors(uri: str, tmp_path: Path) -> None:
     with pytest.raises(MtbenchError, match=r"no FINISHED runs among the 1 trial run\(s\) found \(1 FAILED\)"):
         build_report(uri, ["all_failed"], out_dir=tmp_path)
-    with pytest.raises(MtbenchError, match=r"no MLflow experiment named 'nope'.*existing experiments: Default, all_failed, "):
+    with pytest.raises(MtbenchError, match=r"no MLflow experiment named 'nope'.*existing experiments: Default, "
+                                           r"all_failed, "):
         build_report(uri, ["nope"], out_dir=tmp_path)
     with pytest.raises(MtbenchError, match="no runs in experiment.*matching"):
         build_report(uri, ["nyud_abl"], out_dir=tmp_path, tags={tracking.TAG_MODEL: "mtinet"})
@@ -380,3 +381,47 @@ def test_with_published_adds_comparable_rows_with_citations(uri: str, tmp_path: 
 def test_latex_with_published_rows_compiles(uri: str, tmp_path: Path) -> None:
     report = build_report(uri, ["nyud_abl"], out_dir=tmp_path / "out", with_published="nyud")
     _pdflatex(report.folder, tmp_path, "report_standalone.tex")
+
+
+def test_a_new_report_replaces_the_old_files_and_keeps_foreign_ones(uri: str, tmp_path: Path) -> None:
+    folder = tmp_path / "no_ref"
+    folder.mkdir()
+    (folder / "best_config.yaml").write_text("kept: true\n")  # written by a study, not by a report
+    (folder / "optuna_history.png").write_text("stale")  # a figure this report does not make
+    build_report(uri, ["no_ref"], out_dir=tmp_path, reference="none")
+    assert (folder / "best_config.yaml").read_text() == "kept: true\n"
+    assert not (folder / "optuna_history.png").exists() and (folder / "results.md").is_file()
+
+
+def test_optuna_view_from_the_study_its_parent_run_names(tmp_path: Path) -> None:
+    import optuna
+
+    from mtbench.sweep import search
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="st", storage=storage, direction="maximize")
+    lr = optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)
+    width = optuna.distributions.CategoricalDistribution([8, 16])
+    for number, (x, w) in enumerate([(1e-3, 8), (1e-2, 16), (3e-2, 8), (5e-4, 16), (2e-3, 8)]):
+        value = 40.0 + 10 * math.log10(x / 1e-4)  # the objective follows lr only
+        study.add_trial(optuna.trial.create_trial(params={"train.optimizer.lr": x, "model.options.head_channels": w},
+                                                  distributions={"train.optimizer.lr": lr,
+                                                                 "model.options.head_channels": width}, value=value))
+        log_run(uri, "st", f"trial{number}", 0, {"semseg/mIoU": value})
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params={"train.optimizer.lr": 0.05},
+                                              distributions={"train.optimizer.lr": lr}))
+    Tracker.start(uri, "st", "study-st", {tracking.TAG_STUDY: "st", tracking.TAG_STUDY_PARENT: "true",
+                                          search.TAG_STORAGE: storage, search.TAG_OBJECTIVE: "semseg/mIoU",
+                                          search.TAG_DIRECTION: "maximize"}).end()
+    trials, importances = search.study_trials(storage, "st")
+    assert trials["state"].tolist() == ["COMPLETE"] * 5 + ["PRUNED"]
+    assert trials["value"].iloc[1] == pytest.approx(60.0)
+    assert set(importances) == {"train.optimizer.lr", "model.options.head_channels"}
+    assert importances["train.optimizer.lr"] > importances["model.options.head_channels"]
+    report = build_report(uri, ["st"], out_dir=tmp_path / "reports", reference="none")
+    for name in ("optuna_history", "optuna_importance"):
+        assert (report.folder / f"{name}.pdf").stat().st_size > 0 and (report.folder / f"{name}.png").is_file()
+    runs = pd.read_csv(report.folder / "runs.csv").set_index("run_name")
+    assert runs.loc["study-st", "kind"] == "study" and len(runs) == 6  # listed, but never a table row
+    assert "study-st" not in report.table.summary.index

@@ -60,6 +60,11 @@ search:
     again = run_cli("run", "s.yaml", cwd=tmp_path)
     assert again.returncode == 0 and "5 of 5 trials finished; running 0" in again.stdout
     assert len(tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "s")) == 6
+    # The report reopens the study from the storage its parent run names: objective over trials.
+    report = run_cli("report", "-e", "s", "--reference", "none", cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert (tmp_path / "reports" / "s" / "optuna_history.png").is_file()
+    assert (tmp_path / "reports" / "s" / "best_config.yaml").is_file()  # kept: not a file of the report
 
 
 def test_a_pruned_trial_ends_killed_and_tagged(tmp_path, monkeypatch, write_yaml):
