@@ -18,18 +18,13 @@ from mtbench.errors import MtbenchError
 from mtbench.metrics import METRIC_DIRECTIONS, delta_m
 from mtbench.metrics.meter import split_metric_name
 from mtbench.metrics.seed_stats import summarize_seeds
-from mtbench.report.collect import TASK_ORDER, metric_columns
+from mtbench.report.collect import TASK_ORDER, config_keys, metric_columns
 from mtbench.report.published import PublishedRow, incomparability, published_rows
 from mtbench.tasks import get_task
 
 PUBLISHED = "published:"
 NO_REFERENCE = "none"
 CHANGE_COLUMNS = ["label", "model", "task", "seed", "change"]
-# Config params that never describe what a row is (bookkeeping, or the seed that rows aggregate over).
-_NOT_AXES = ("seed", "variant", "experiment", "description", "output_dir", "tracking.", "launcher.", "search.",
-             "grid.", "cost/", "train.device", "train.num_workers", "train.eval_batch_size",
-             "train.checkpoint_every", "dataset.root", "tasks", "select_metric", "reference_variant")
-
 
 @dataclass(frozen=True)
 class Reference:
@@ -256,7 +251,7 @@ def config_axes(runs: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
 
     first = runs.drop_duplicates("label").set_index("label").reindex(labels)
     params = {label: dict(p) if isinstance(p, dict) else {} for label, p in first["params"].items()}
-    keys = sorted({k for p in params.values() for k in p if not k.startswith(_NOT_AXES)})
+    keys = config_keys(first["params"])
     values = pd.DataFrame({k: [params[label].get(k) for label in labels] for k in keys}, index=pd.Index(labels))
     for label, model in first["model"].items():
         defaults = model_options(model) if model in MODELS else {}  # runs may predate a model's removal

@@ -19,6 +19,10 @@ from mtbench.tracking import RUN_COLUMNS, load_runs
 TASK_ORDER = ("semseg", "human_parts", "sal", "depth", "normals", "edge")
 TASK_ORDER += tuple(t for t in TASK_NAMES if t not in TASK_ORDER)
 UNTAGGED = "(untagged)"
+# Config params that never describe what a row is (bookkeeping, or the seed that rows aggregate over).
+NOT_CONFIG_AXES = ("seed", "variant", "experiment", "description", "output_dir", "tracking.", "launcher.", "search.",
+                   "grid.", "cost/", "train.device", "train.num_workers", "train.eval_batch_size",
+                   "train.checkpoint_every", "dataset.root", "tasks", "select_metric", "reference_variant")
 # Columns of runs.csv before the metrics (the `params` dict column is left out of the file).
 RUN_FILE_COLUMNS = ("experiment", "label", *(c for c in RUN_COLUMNS if c not in ("experiment", "params", "tags")))
 
@@ -66,10 +70,24 @@ def omitted_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["kind"] == "trial") & (runs["status"] != "FINISHED")].reset_index(drop=True)
 
 
+def config_keys(params: pd.Series) -> list[str]:
+    """Config params (dotted keys) whose value differs between runs: the grid values and switches that
+    tell rows apart. Bookkeeping keys and the seed are left out."""
+    dicts = [p for p in params if isinstance(p, dict)]
+    keys = sorted({k for p in dicts for k in p if not k.startswith(NOT_CONFIG_AXES)})
+    return [k for k in keys if len({p.get(k) for p in dicts}) > 1]
+
+
 def runs_file(runs: pd.DataFrame) -> pd.DataFrame:
-    """The tidy per-run frame written as runs.csv: run columns, then every test metric."""
-    metrics = metric_columns(runs)
-    return runs[[*RUN_FILE_COLUMNS, *metrics]].sort_values(["experiment", "label", "seed", "start_time"])
+    """The tidy per-run frame written as runs.csv: run columns, the config values that differ between
+    runs, then every test metric."""
+    trials = runs["kind"] == "trial"
+    keys = config_keys(runs.loc[trials, "params"])
+    config = pd.DataFrame([[p.get(k) if trial else None for k in keys] for p, trial in zip(runs["params"], trials,
+                                                                                          strict=True)],
+                          columns=keys, index=runs.index)
+    frame = pd.concat([runs[list(RUN_FILE_COLUMNS)], config, runs[metric_columns(runs)]], axis=1)
+    return frame.sort_values(["experiment", "label", "seed", "start_time"])
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:

@@ -155,6 +155,10 @@ def test_runs_csv_lists_every_run_with_its_status(nyud: Path) -> None:
     failed = runs[runs["status"] == "FAILED"].iloc[0]
     assert failed["label"] == "demt" and failed["seed"] == 3 and failed["semseg/mIoU"] == 99.0
     assert set(runs["dataset_variant"]) == {"NYUDv2"} and set(runs["input_size"].dropna()) == {"448x576"}
+    # The config values that tell runs apart (grid values, switches) are columns too.
+    by_variant = runs.drop_duplicates("label").set_index("label")
+    assert by_variant.loc["no_deformable", "model.options.deformable"] == False  # noqa: E712
+    assert by_variant.loc["demt", "model.name"] == "demt" and "train.steps" not in runs.columns  # same for all
     md = (nyud / "results.md").read_text()
     assert "Not in the table (1 run(s) that did not finish): demt seed 3 FAILED (" in md
 
