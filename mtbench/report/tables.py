@@ -222,11 +222,11 @@ def _tex_table(caption: str, label: str, tabular: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _caption(table: ResultTable, show_std: bool, what: str) -> str:
+def _caption(table: ResultTable, show_std: bool, what: str, costs: bool = True) -> str:
     stat = "mean $\\pm$ std over seeds" if show_std else "mean over seeds"
     text = (f"{what} of {latex_escape(table.name)} (test split, {latex_escape(table.dataset_variant)}): {stat}; "
             "best in bold, second underlined. " + _tex_text(delta_sentence(table)))
-    return f"{text} {_tex_text(cost_sentence(table))}".strip()
+    return f"{text} {_tex_text(cost_sentence(table))}".strip() if costs else text
 
 
 def _tex_label(table: ResultTable, suffix: str = "") -> str:
@@ -255,7 +255,7 @@ def to_latex_ablation(table: ResultTable, show_std: bool = True) -> str:
     body = [[latex_escape(label), *s, *c] for label, s, c in zip(table.summary.index[runs], switches, numbers,
                                                                   strict=True)]
     tabular = _tex_tabular(header, body, len(body), "l" + "c" * len(names) + "r" * len(cols))
-    return _tex_table(_caption(table, show_std, "Ablation"), _tex_label(table, "-ablation"), tabular)
+    return _tex_table(_caption(table, show_std, "Ablation", costs=False), _tex_label(table, "-ablation"), tabular)
 
 
 def standalone_latex(*fragments: str) -> str:
