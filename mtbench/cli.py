@@ -200,6 +200,7 @@ def report(
     """Write tables (LaTeX, Markdown, CSV) and figures from the MLflow runs; log them as a report run."""
     from mtbench import tracking
     from mtbench.report import build_report
+    from mtbench.report.tables import not_comparable_by_reason
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
@@ -213,8 +214,8 @@ def report(
         console.print(f"wrote {path}")
     for figure, why in result.skipped_figures.items():
         console.print(f"no {figure} figure: {why}")
-    for row, why in table.not_comparable.items():
-        console.print(f"published row {row} not comparable: {why}")
+    for why, rows in not_comparable_by_reason(table).items():
+        console.print(f"published rows not comparable ({why}): {', '.join(rows)}")
     for r in result.omitted.itertuples():
         console.print(f"not in the table: {r.label} seed {r.seed} {'PRUNED' if r.pruned else r.status} ({r.run_id})")
     console.print(f"MLflow report run {result.run_id} (browse with `mtbench ui`).")

@@ -259,7 +259,7 @@ def config_axes(runs: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
             option = key.removeprefix("model.options.")
             if key != option and pd.isna(values.at[label, key]) and option in defaults:
                 values.at[label, key] = _as_param(defaults[option])
-    varying = [k for k in keys if values[k].astype(str).nunique() > 1]
+    varying = [k for k in keys if values[k].nunique(dropna=False) > 1]
     return values[varying]
 
 

@@ -74,7 +74,8 @@ def config_keys(params: pd.Series) -> list[str]:
     """Config params (dotted keys) whose value differs between runs: the grid values and switches that
     tell rows apart. Bookkeeping keys and the seed are left out."""
     dicts = [p for p in params if isinstance(p, dict)]
-    keys = sorted({k for p in dicts for k in p if not k.startswith(NOT_CONFIG_AXES)})
+    # An empty mapping (`model.options: {}`) is logged as "{}": it sets nothing, so it is not a value.
+    keys = sorted({k for p in dicts for k, v in p.items() if not k.startswith(NOT_CONFIG_AXES) and v != "{}"})
     return [k for k in keys if len({p.get(k) for p in dicts}) > 1]
 
 

@@ -284,7 +284,8 @@ def to_markdown(table: ResultTable, show_std: bool = True, omitted: pd.DataFrame
     if cost_sentence(table):
         lines.append(f"- {cost_sentence(table)}")
     lines += [f"- Note: {r}." for r in table.remarks]
-    lines += [f"- Published row not comparable, left out: {row} ({why})." for row, why in table.not_comparable.items()]
+    lines += [f"- Published rows not comparable, left out ({why}): {', '.join(rows)}."
+              for why, rows in not_comparable_by_reason(table).items()]
     if omitted is not None and not omitted.empty:
         lines.append(f"- Not in the table ({len(omitted)} run(s) that did not finish): " + "; ".join(
             f"{r.label} seed {r.seed if pd.notna(r.seed) else '?'} {'PRUNED' if r.pruned else r.status} ({r.run_id})"
@@ -302,6 +303,14 @@ def _ablation_markdown(table: ResultTable, show_std: bool) -> list[str]:
     rows = [[label, *s, *c] for label, s, c in zip(table.summary.index[runs], switches, numbers, strict=True)]
     header = ["variant", *names, *(_header(c, False) for c in cols)]
     return _md_table(header, rows, [":---", *[":---:"] * len(names), *["---:"] * len(cols)])
+
+
+def not_comparable_by_reason(table: ResultTable) -> dict[str, list[str]]:
+    """The published rows left out, grouped by the reason (often one reason for all: other data)."""
+    groups: dict[str, list[str]] = {}
+    for row, why in table.not_comparable.items():
+        groups.setdefault(why, []).append(row)
+    return groups
 
 
 def to_csv(table: ResultTable) -> str:

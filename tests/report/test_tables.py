@@ -378,7 +378,7 @@ def test_with_published_adds_comparable_rows_with_citations(uri: str, tmp_path: 
     # Rows on another archive or metric definition are listed, not added.
     for name, why in report.table.not_comparable.items():
         assert name not in published.index and why
-        assert f"Published row not comparable, left out: {name} (" in md
+        assert f"Published rows not comparable, left out ({why}): " in md and name in md
 
 
 @pytest.mark.service
@@ -429,3 +429,18 @@ def test_optuna_view_from_the_study_its_parent_run_names(tmp_path: Path) -> None
     runs = pd.read_csv(report.folder / "runs.csv").set_index("run_name")
     assert runs.loc["study-st", "kind"] == "study" and len(runs) == 6  # listed, but never a table row
     assert "study-st" not in report.table.summary.index
+
+
+def test_published_rows_on_other_metric_definitions_are_listed_not_added(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    metrics = {"semseg/mIoU": 70.0, "human_parts/mIoU": 60.0, "sal/maxF": 80.0, "normals/mean": 14.5}
+    for seed in (0, 1):
+        log_run(uri, "pascal", "single_task", seed, metrics, dataset_variant="PASCAL_MT")
+    report = build_report(uri, ["pascal"], out_dir=tmp_path, with_published="pascal")
+    published = report.table.summary[report.table.summary["kind"] == "published"].index.tolist()
+    assert "DeMT (Swin-T)" in published and not any(p.startswith(("InvPT", "TaskPrompter")) for p in published)
+    # InvPT's code passes saliency through a second sigmoid: its maxF is another definition.
+    why = report.table.not_comparable["InvPT/pascal/ViT-L"]
+    assert "sal/maxF-invpt" in why and "sal/maxF" in why
+    md = (report.folder / "results.md").read_text()
+    assert f"Published rows not comparable, left out ({why}): InvPT/pascal/ViT-L" in md
