@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -13,6 +13,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mtbench.errors import MtbenchError
+
+if TYPE_CHECKING:
+    from mtbench.report import Report
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Benchmark and ablation harness for multi-task dense prediction.")
@@ -221,7 +224,7 @@ def report(
     console.print(f"MLflow report run {result.run_id} (browse with `mtbench ui`).")
 
 
-def _delta_note(result: Report) -> str:  # noqa: F821 - Report is imported lazily
+def _delta_note(result: Report) -> str:
     """One line on Δm: what it is measured against, or why there is none."""
     table = result.table
     if table.delta_missing:

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,6 +22,9 @@ from mtbench.errors import MtbenchError
 from mtbench.report import tables
 from mtbench.report.aggregate import ResultTable, summarize
 from mtbench.report.collect import collect_runs, finished_trials, omitted_runs, runs_file, seed_results
+
+if TYPE_CHECKING:
+    from mtbench.report.figures import StudyView
 
 __all__ = ["Report", "ResultTable", "build_report", "report_folder"]
 
@@ -92,13 +96,13 @@ def _figures(uri: str, table: ResultTable, trials: pd.DataFrame, runs: pd.DataFr
     return figures.write_figures(data, folder)
 
 
-def _study_view(runs: pd.DataFrame) -> object | None:
+def _study_view(runs: pd.DataFrame) -> StudyView | None:
     """The Optuna study behind the runs, if they came from one (reopened from the storage its parent run names)."""
     parents = runs[runs["kind"] == "study"]
     if parents.empty:
         return None
     from mtbench.report.figures import StudyView
-    from mtbench.sweep import search
+    from mtbench.sweep import search  # imports optuna (and the engine): only for a study
 
     tags = parents.iloc[-1]["tags"]
     if search.TAG_STORAGE not in tags:
@@ -159,6 +163,10 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
             "mtbench.report_name": name, "mtbench.report_experiments": ",".join(experiments),
             "mtbench.report_reference": reference, "mtbench.report_runs": str(len(trials))})
         _publish(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise MtbenchError(f"cannot write the report to {str(target)!r}: {exc.strerror or exc}. Choose another "
+                           "output folder (--out) or fix its permissions.") from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
