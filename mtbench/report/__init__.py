@@ -88,28 +88,35 @@ def _figures(uri: str, table: ResultTable, trials: pd.DataFrame, runs: pd.DataFr
     curves = curves.sort_values("metric", key=lambda m: m.map(keys.index), kind="stable")  # table's task order
     names = {m.removeprefix("val/") for m in keys}
     summary = table.summary[["model", "kind", "gflops", "params_m", "delta_m_mean", "delta_m_std", "n_seeds"]]
+    study, why_no_study = _study_view(runs)
     data = figures.FigureInput(
         summary=summary, changes=table.changes, curves=curves[["label", "model", "seed", "metric", "step", "value"]],
         reference=table.reference.label if table.reference else "", model_order=list(MODELS),
-        higher_is_better={m: METRIC_DIRECTIONS[split_metric_name(m)[0]] for m in names},
-        study=_study_view(runs))
-    return figures.write_figures(data, folder)
+        higher_is_better={m: METRIC_DIRECTIONS[split_metric_name(m)[0]] for m in names}, study=study)
+    paths, skipped = figures.write_figures(data, folder)
+    if why_no_study:
+        skipped.update({name: why_no_study for name in skipped if name.startswith("optuna_")})
+    return paths, skipped
 
 
-def _study_view(runs: pd.DataFrame) -> StudyView | None:
-    """The Optuna study behind the runs, if they came from one (reopened from the storage its parent run names)."""
+def _study_view(runs: pd.DataFrame) -> tuple[StudyView | None, str]:
+    """The Optuna study behind the runs, reopened from the storage its parent run names; or why there is none
+    when the runs came from a study (the tables do not need it, so a lost storage only skips its figures)."""
     parents = runs[runs["kind"] == "study"]
     if parents.empty:
-        return None
+        return None, ""
     from mtbench.report.figures import StudyView
     from mtbench.sweep import search  # imports optuna (and the engine): only for a study
 
     tags = parents.iloc[-1]["tags"]
     if search.TAG_STORAGE not in tags:
-        return None
-    trials, importances = search.study_trials(tags[search.TAG_STORAGE], tags[tracking.TAG_STUDY])
+        return None, "the study's parent run does not name its storage (a study started before mtbench recorded it)"
+    try:
+        trials, importances = search.study_trials(tags[search.TAG_STORAGE], tags[tracking.TAG_STUDY])
+    except MtbenchError as err:
+        return None, str(err)
     return StudyView(trials, importances, tags.get(search.TAG_OBJECTIVE, "objective"),
-                     tags.get(search.TAG_DIRECTION, "maximize"))
+                     tags.get(search.TAG_DIRECTION, "maximize")), ""
 
 
 def _publish(staging: Path, target: Path) -> None:

@@ -57,14 +57,17 @@ def storage_spec(exp: Experiment) -> str:
 
 
 def open_storage(exp: Experiment | str) -> Any:
-    """Open the study's storage (an Experiment's, or a `storage_spec`); a failure is a user error."""
+    """Open the study's storage (an Experiment's, or a `storage_spec`); a failure is a user error.
+
+    The folders of the default sqlite file and of a journal file are created; a database URL is used as given.
+    """
     spec = storage_spec(exp) if isinstance(exp, Experiment) else exp
     try:
         if spec.startswith("journal:"):
             path = Path(spec[len("journal:"):])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if spec.startswith("sqlite:///"):
+        if isinstance(exp, Experiment) and exp.search.storage is None:
             Path(spec[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(spec)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy/driver errors come in many types
@@ -78,6 +81,8 @@ def study_trials(spec: str, name: str) -> tuple[Any, dict[str, float]]:
     importances (fANOVA, seed 0; empty when fewer than two trials completed or nothing varied)."""
     import pandas as pd
 
+    if spec.startswith("sqlite:///") and not Path(spec[len("sqlite:///"):]).is_file():
+        raise MtbenchError(f"the Optuna storage {spec!r} no longer exists (moved or deleted)")
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(spec))
     except KeyError:

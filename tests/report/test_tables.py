@@ -444,3 +444,15 @@ def test_published_rows_on_other_metric_definitions_are_listed_not_added(tmp_pat
     assert "sal/maxF-invpt" in why and "sal/maxF" in why
     md = (report.folder / "results.md").read_text()
     assert f"Published rows not comparable, left out ({why}): InvPT/pascal/ViT-L" in md
+
+
+def test_a_lost_study_storage_skips_only_the_optuna_figures(tmp_path: Path) -> None:
+    from mtbench.sweep import search
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    log_run(uri, "gone", "trial0", 0, {"semseg/mIoU": 40.0})
+    Tracker.start(uri, "gone", "study-gone", {tracking.TAG_STUDY: "gone", tracking.TAG_STUDY_PARENT: "true",
+                                              search.TAG_STORAGE: f"sqlite:///{tmp_path}/moved.db"}).end()
+    report = build_report(uri, ["gone"], out_dir=tmp_path / "reports", reference="none")
+    assert "no longer exists" in report.skipped_figures["optuna_history"]
+    assert (report.folder / "results.md").is_file() and not (tmp_path / "moved.db").exists()
