@@ -89,7 +89,12 @@ def _relative_change(task: str, key: str, results: Mapping[str, float], referenc
     if b == 0:
         raise MtbenchError(f"delta_m: the reference {key!r} of task {task!r} is 0, so the relative "
                            f"change is undefined.")
-    return (1.0 if METRIC_DIRECTIONS[base] else -1.0) * (m - b) / b
+    return signed_change(key, m, b)
+
+
+def signed_change(key: str, value: float, base: float) -> float:
+    """s · (M − B) / B for metric `key` (a fraction; > 0 = better than B): one task's term of Δm."""
+    return (1.0 if METRIC_DIRECTIONS[split_metric_name(key)[0]] else -1.0) * (float(value) - base) / base
 
 
 def aggregate_seeds(values: Sequence[float]) -> dict[str, float]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from mtbench.errors import MtbenchError
-from mtbench.metrics import METRIC_DIRECTIONS, delta_m
+from mtbench.metrics import delta_m
+from mtbench.metrics.delta_m import signed_change
 from mtbench.metrics.meter import split_metric_name
 from mtbench.metrics.seed_stats import summarize_seeds
 from mtbench.report.collect import TASK_ORDER, config_keys, metric_columns
@@ -174,8 +175,7 @@ def _delta_tasks(table: ResultTable, seeds: pd.DataFrame) -> None:
 
 def relative_change(key: str, value: float, base: float) -> float:
     """s · (M − B) / B in percent for metric `key` (+ = better than the reference value B)."""
-    sign = 1.0 if METRIC_DIRECTIONS[split_metric_name(key)[0]] else -1.0
-    return 100.0 * sign * (float(value) - base) / base
+    return 100.0 * signed_change(key, value, base)
 
 
 def _relative_changes(seeds: pd.DataFrame, columns: dict[str, str], ref: Reference) -> pd.DataFrame:
