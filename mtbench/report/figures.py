@@ -347,7 +347,7 @@ def _why_curves(data: FigureInput) -> str:
 def _draw_curves(data: FigureInput) -> Figure:
     curves = data.curves
     metrics = list(dict.fromkeys(curves["metric"].astype(str)))
-    ncols = min(3, len(metrics))
+    ncols = 2 if len(metrics) == 4 else min(3, len(metrics))  # 4 NYUD tasks: 2x2, no empty panels
     nrows = math.ceil(len(metrics) / ncols)
     fig = _new_figure(COLUMN_IN if ncols == 1 else PAGE_IN, 1.9 * nrows + 0.5)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
