@@ -137,6 +137,11 @@ def _publish(staging: Path, target: Path) -> None:
         shutil.rmtree(old)
 
 
+def _unwritable(target: Path, exc: OSError) -> MtbenchError:
+    return MtbenchError(f"cannot write the report to {str(target)!r}: {exc.strerror or exc}. Choose another "
+                        "output folder (--out) or fix its permissions.")
+
+
 def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("reports"),
                  name: str | None = None,
                  reference: str = "single_task", tags: Mapping[str, str] | None = None, query: str | None = None,
@@ -160,8 +165,7 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     except OSError as exc:
-        raise MtbenchError(f"cannot write the report to {str(target)!r}: {exc.strerror or exc}. Choose another "
-                           "output folder (--out) or fix its permissions.") from None
+        raise _unwritable(target, exc) from None
     try:
         for file_name, text in _texts(table, runs, omitted, show_std).items():
             (staging / file_name).write_text(text, encoding="utf-8")
@@ -172,8 +176,7 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
         _publish(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise MtbenchError(f"cannot write the report to {str(target)!r}: {exc.strerror or exc}. Choose another "
-                           "output folder (--out) or fix its permissions.") from None
+        raise _unwritable(target, exc) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -27,6 +27,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from matplotlib.transforms import Bbox
 
+from mtbench.report import tables
+
 FIGURES = ("delta_m_vs_gflops", "task_change", "val_curves", "optuna_history", "optuna_importance")
 COLUMN_IN, PAGE_IN = 3.4, 7.0  # widths of one paper column and a full page
 DPI = 200
@@ -108,7 +110,7 @@ def pareto_front(gflops: pd.Series, delta_m: pd.Series) -> list[str]:
 def metric_label(metric: str, higher_is_better: bool | None) -> str:
     """Return an axis label such as 'semseg mIoU ↑' for 'val/semseg/mIoU' (no arrow when unknown)."""
     name = metric.removeprefix("val/")
-    text = "Δm (%)" if name == "delta_m" else name.replace("/", " ")
+    text = "Δm (%)" if name == "delta_m" else tables.metric_label(name)  # the tables' column names
     return text if higher_is_better is None else f"{text} {UP if higher_is_better else DOWN}"
 
 
