@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
 
 from mtbench.errors import MtbenchError
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Registry(Generic[T]):
@@ -55,14 +57,80 @@ class Registry(Generic[T]):
         return f"Registry[{self.kind}] ({len(self)} entries)\n{rows}"
 
 
-MODELS: Registry[Callable] = Registry(
-    "model", "Model builders: f(*, tasks, dataset, backbone, pretrained, **options) -> nn.Module "
-    "whose forward(image) returns {task: (B, C, H, W) prediction at input resolution}.")
-BACKBONES: Registry[Callable] = Registry(
-    "backbone", "Backbone builders: f(*, pretrained, img_size) -> Backbone (NCHW feature list).")
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and the smallest setting it runs in (for --smoke and tests).
+
+    `build(*, tasks, dataset, backbone, pretrained, img_size, **options)` returns a module satisfying
+    `mtbench.protocols.MultiTaskModel`. `smoke_backbone` is the tiny backbone of the kind the model
+    needs (InvPT reads ViT tokens); `test_size` an input size every part of the model accepts.
+    """
+
+    build: Callable[..., Any]
+    smoke_backbone: str = "tiny"
+    test_size: tuple[int, int] = (40, 56)
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    """A registered backbone: `build(*, pretrained, img_size) -> mtbench.protocols.FeatureBackbone`.
+
+    `timm_name` is the timm model it wraps; `kind` is "pyramid" (maps at strides 4, 8, 16, 32) or
+    "tokens" (a ViT's token maps, all at its patch stride).
+    """
+
+    build: Callable[..., Any]
+    timm_name: str
+    kind: Literal["pyramid", "tokens"] = "pyramid"
+
+
+@dataclass(frozen=True)
+class MeterEntry:
+    """A registered meter: `build(*, dataset, variant, **options) -> mtbench.protocols.Meter`.
+
+    `directions` maps every `task/metric` key the meter reports (before any variant suffix) to whether
+    higher is better; that is where a metric's direction is declared.
+    """
+
+    build: Callable[..., Any]
+    directions: Mapping[str, bool]
+
+
+MODELS: Registry[ModelEntry] = Registry(
+    "model", "Models (ModelEntry): build(*, tasks, dataset, backbone, pretrained, img_size, **options) -> "
+    "nn.Module whose forward(image) returns {task: (B, C, H, W) prediction at input resolution}.")
+BACKBONES: Registry[BackboneEntry] = Registry(
+    "backbone", "Backbones (BackboneEntry): build(*, pretrained, img_size) -> NCHW feature list.")
 DATASETS: Registry[Callable] = Registry(
     "dataset", "Dataset builders: f(*, root, split, tasks, protocol, **options) -> torch Dataset of Samples.")
 WEIGHTINGS: Registry[Callable] = Registry(
-    "weighting", "Loss weightings: f(*, tasks, weights) -> nn.Module mapping {task: loss} to a scalar.")
-METERS: Registry[Callable] = Registry(
-    "meter", "Meter builders keyed 'task' or 'task:variant': f(*, dataset, **options) -> Meter.")
+    "weighting", "Loss weightings: f(*, tasks, weights) -> nn.Module mapping {task: loss} to a scalar, "
+    "with task_weights() -> {task: weight} (mtbench.protocols.LossWeighting).")
+LOSSES: Registry[Callable] = Registry(
+    "loss", "Task losses keyed by TaskSpec.loss: f(spec, *, channels, **options) -> nn.Module mapping "
+    "(raw prediction, Sample target) to a scalar.")
+METERS: Registry[MeterEntry] = Registry(
+    "meter", "Meters (MeterEntry) keyed 'task' or 'task:variant': build(*, dataset, variant, **options) -> Meter.")
+
+
+def register_model(name: str, *, smoke_backbone: str = "tiny",
+                   test_size: tuple[int, int] = (40, 56)) -> Callable[[F], F]:
+    """Register the decorated model builder under `name` with its smallest setting."""
+
+    def deco(build: F) -> F:
+        MODELS.register(name)(ModelEntry(build, smoke_backbone, test_size))
+        return build
+
+    return deco
+
+
+def register_meter(*keys: str, directions: Mapping[str, bool]) -> Callable[[F], F]:
+    """Register the decorated meter builder under each of `keys` ('task' or 'task:variant')."""
+
+    def deco(build: F) -> F:
+        entry = MeterEntry(build, dict(directions))
+        for key in keys:
+            METERS.register(key)(entry)
+        return build
+
+    return deco

@@ -42,8 +42,8 @@ from mtbench.data.tree import (
     read_split,
 )
 from mtbench.errors import MtbenchError
-from mtbench.metrics.boundary import thin
 from mtbench.registry import DATASETS
+from mtbench.thinning import thin
 from mtbench.tasks import resolve_tasks
 
 NUM_CLASSES = 21
