@@ -80,7 +80,7 @@ def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait
     """Run the trials: progress bars for one local process, a live table of trial states otherwise."""
     from rich.live import Live
 
-    from mtbench.sweep import launch
+    from mtbench.sweep.launchers import launch
 
     if launcher_cfg.name == "local" and launcher_cfg.workers == 1:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -107,7 +107,7 @@ def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait
 
 def print_trial_table(trials: list, title: str) -> None:
     """id, variant, seed, what differs from the base config, and the status in the tracking store."""
-    from mtbench.sweep import plan_sweep
+    from mtbench.sweep.launchers import plan_sweep
 
     plan = plan_sweep(trials)
     table = Table(title=title)
@@ -126,7 +126,7 @@ def print_results(name: str, results: list) -> None:
 
     if not env_from().is_main:  # the other processes of a data-parallel run have no metrics to show
         return
-    from mtbench.metrics import METRIC_DIRECTIONS
+    from mtbench.metrics import metric_direction
     from mtbench.tasks import TASK_NAMES, TASKS
 
     table = Table(title=f"{name}: primary test metrics (final checkpoint)")
@@ -136,7 +136,7 @@ def print_results(name: str, results: list) -> None:
     logged = {k for r in results for k in r.metrics}
     keys = [TASKS[t].primary_metric for t in TASK_NAMES if TASKS[t].primary_metric in logged]
     for key in keys:
-        table.add_column(f"{key} {'↑' if METRIC_DIRECTIONS[key] else '↓'}", justify="right")
+        table.add_column(f"{key} {'↑' if metric_direction(key) else '↓'}", justify="right")
     for r in results:
         values = [f"{r.metrics[k]:.4g}" if k in r.metrics else "" for k in keys]
         table.add_row(r.variant, str(r.seed), r.status, *values)
@@ -163,7 +163,7 @@ def status(
     if not wait:
         print_trial_table(trials, title=f"{exp.name}: {len(trials)} trials")
         return
-    from mtbench.sweep import attach
+    from mtbench.sweep.launchers import attach
 
     results = attach(trials, update=lambda t, state, detail: console.print(f"{t.key}: {state} {detail}"))
     print_results(exp.name, results)
@@ -184,8 +184,9 @@ def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
 def report(
     experiment: Annotated[list[str] | None, typer.Option("--experiment", "-e", help="MLflow experiment to report "
                                                          "(repeatable: several become one table).")] = None,
-    reference: Annotated[str, typer.Option(help="Δm reference: a variant of the runs, published:<row> (e.g. "
-                                                "published:DeMT/nyud/Swin-T), or none.")] = "single_task",
+    reference: Annotated[str | None, typer.Option(help="Δm reference: a variant of the runs, published:<row> (e.g. "
+                                                       "published:DeMT/nyud/Swin-T), or none. Default: the "
+                                                       "experiment's reference_variant.")] = None,
     with_published: Annotated[str | None, typer.Option(help="Add the comparable published rows of a dataset: nyud "
                                                             "or pascal (others are listed as not comparable).")]
     = None,
@@ -248,13 +249,13 @@ def list_entries() -> None:
     for name in MODELS:
         table.add_row("model", name, ", ".join(f"{k}={v!r}" for k, v in model_options(name).items()))
     for name in BACKBONES:
-        table.add_row("backbone", name, f"timm {BACKBONES.get(name).timm_name}")
+        table.add_row("backbone", name, f"timm {BACKBONES.get(name).timm_name} ({BACKBONES.get(name).kind})")
     for name in DATASETS:
         table.add_row("dataset", name, (DATASETS.get(name).__doc__ or "").strip().splitlines()[0])
     for name in WEIGHTINGS:
         table.add_row("weighting", name, (WEIGHTINGS.get(name).__doc__ or "").strip().splitlines()[0])
     for name in METERS:
-        table.add_row("metric variant", name, (METERS.get(name).__doc__ or "").strip().splitlines()[0])
+        table.add_row("metric variant", name, (METERS.get(name).build.__doc__ or "").strip().splitlines()[0])
     console.print(table)
 
 

@@ -1,101 +1,48 @@
 """Per-task losses and the loss weightings that combine them into one scalar.
 
 Losses follow the ATRC lineage (brdav/atrc: src/model/criterion.py, src/model/builder.py::get_criterion),
-reading labels in the Sample conventions of DESIGN.md rather than ATRC's 255-filled maps: semseg and
-human_parts use 255 = ignore, depth 0 = invalid, normals a zero vector = invalid, edge and sal 255 = ignore.
+reading labels in the Sample conventions of DESIGN.md (each task's ignore value and layout from its TaskSpec)
+rather than ATRC's maps. Each task's loss is `LOSSES[TaskSpec.loss]` with `TaskSpec.loss_options`.
 Every loss averages over the valid pixels of the batch and is 0 (still attached to the graph) when there
 are none, so a batch whose human_parts map is fully ignored does not produce NaN.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtbench.balanced_bce import balanced_bce_sum
 from mtbench.errors import MtbenchError
-from mtbench.registry import WEIGHTINGS
-from mtbench.tasks import get_task
+from mtbench.registry import LOSSES, WEIGHTINGS
+from mtbench.tasks import TaskSpec, get_task
 
-IGNORE_INDEX = 255
-# Edge positive weight when none is given: InvPT and MTI-Net use 0.95 on both datasets; ATRC uses 0.8 on NYUD
-# (brdav/atrc: src/data/nyud.py::NYUD.edge_pos_weight), which a config passes explicitly.
-DEFAULT_EDGE_POS_WEIGHT = 0.95
 # Fixed task weights of ATRC, also used by DeMT and InvPT (brdav/atrc: src/model/builder.py::get_criterion).
 ATRC_LOSS_WEIGHTS: dict[str, float] = {
     "semseg": 1.0, "human_parts": 2.0, "sal": 5.0, "normals": 10.0, "depth": 1.0, "edge": 50.0}
 
-# Target layout per task (DESIGN.md Sample): a class-index map (B, H, W) or a dense map (B, C, H, W).
-_INDEX_TARGETS = frozenset({"semseg", "human_parts", "sal"})
-
-
-def check_task_tensors(task: str, pred: Tensor, target: Tensor, *, channels: int | tuple[int, ...]) -> None:
-    """Raise MtbenchError unless `pred` and `target` have the layouts of `task`; never broadcast.
-
-    `pred` must be a floating (B, C, H, W) tensor with C in `channels`. The target must be an integer
-    (B, H, W) map for semseg, human_parts and sal, and a floating (B, C, H, W) map of the prediction's
-    shape for depth, normals and edge.
-    """
-    allowed = (channels,) if isinstance(channels, int) else channels
-    if pred.dim() != 4 or not pred.is_floating_point():
-        raise MtbenchError(f"{task}: the prediction must be a floating (B, C, H, W) tensor; "
-                           f"got {pred.dtype} of shape {tuple(pred.shape)}.")
-    if pred.shape[1] not in allowed:
-        raise MtbenchError(f"{task}: the prediction has {pred.shape[1]} channels; expected "
-                           f"{' or '.join(map(str, allowed))} (shape {tuple(pred.shape)}).")
-    b, c, h, w = pred.shape
-    if task in _INDEX_TARGETS:
-        want, kind = (b, h, w), "an integer (B, H, W) class map"
-        dtype_ok = not target.is_floating_point() and not target.is_complex() and target.dtype != torch.bool
-    else:
-        want, kind = (b, c, h, w), "a floating (B, C, H, W) map"
-        dtype_ok = target.is_floating_point()
-    if tuple(target.shape) != want or not dtype_ok:
-        raise MtbenchError(f"{task}: the target must be {kind} of shape {want} to match the prediction "
-                           f"{tuple(pred.shape)}; got {target.dtype} of shape {tuple(target.shape)}.")
-
-
-def balanced_bce_sum(logits: Tensor, target: Tensor, pos_weight: float | None,
-                     ignore_index: int = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
-    """Return (Σ over valid pixels of w·y·ℓ⁺ + (1−w)·(1−y)·ℓ⁻, number of valid pixels).
-
-    ℓ⁺ = −log σ(x) and ℓ⁻ = −log(1 − σ(x)) are the binary cross-entropy terms of logit x; pixels whose
-    target equals `ignore_index` count in neither sum. `pos_weight` w is fixed (edge) or, when None, the
-    HED-style fraction of negatives among this call's valid pixels (sal). Dividing the sum by the count
-    gives ATRC's loss exactly: BCEWithLogits with pos_weight w/(1−w), then divided by 1/(1−w)
-    (brdav/atrc: src/model/criterion.py::BalancedBinaryCrossEntropyLoss); that class returns 0 when a batch
-    has no positives under the automatic weight, which w = 1 gives here without a special case.
-    `logits` and `target` have the same shape.
-    """
-    valid = target != ignore_index
-    y = torch.where(valid, target, torch.zeros_like(target)).to(logits.dtype)
-    n_valid = valid.sum()
-    if pos_weight is None:
-        w = 1.0 - y.sum() / n_valid.clamp(min=1)
-    else:
-        w = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
-    per_pixel = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    weight = torch.where(valid, w * y + (1.0 - w) * (1.0 - y), torch.zeros_like(y))
-    return (per_pixel * weight).sum(), n_valid
-
 
 class CrossEntropyLoss(nn.Module):
-    """Cross-entropy of (B, C, H, W) logits against a (B, H, W) long map; 255 = ignore.
+    """Cross-entropy of (B, C, H, W) logits against a (B, H, W) long map; the task's ignore value is ignored.
 
     Sum over valid pixels divided by their count (0 when none), as ATRC's
     `src/model/criterion.py::CrossEntropyLoss` with reduction 'mean'.
     """
 
-    def __init__(self, task: str, num_classes: int) -> None:
+    def __init__(self, spec: TaskSpec, num_classes: int) -> None:
         super().__init__()
-        self.task, self.num_classes = task, num_classes
+        self.spec, self.num_classes = spec, num_classes
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        check_task_tensors(self.task, pred, target, channels=self.num_classes)
-        loss = F.cross_entropy(pred, target.long(), ignore_index=IGNORE_INDEX, reduction="sum")
-        return loss / (target != IGNORE_INDEX).sum().clamp(min=1)
+        self.spec.check_tensors(pred, target, channels=self.num_classes)
+        ignore = self.spec.fill
+        loss = F.cross_entropy(pred, target.long(), ignore_index=ignore, reduction="sum")
+        return loss / (target != ignore).sum().clamp(min=1)
 
 
 class DepthL1Loss(nn.Module):
@@ -104,10 +51,12 @@ class DepthL1Loss(nn.Module):
     ATRC's `src/model/criterion.py::L1Loss()` (there invalid depth is stored as 255 instead of 0).
     """
 
-    task = "depth"
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__()
+        self.spec = spec
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        check_task_tensors(self.task, pred, target, channels=1)
+        self.spec.check_tensors(pred, target, channels=1)
         valid = target > 0
         err = torch.where(valid, (pred - target).abs(), torch.zeros_like(pred))
         return err.sum() / valid.sum().clamp(min=1)
@@ -122,10 +71,12 @@ class NormalsL1Loss(nn.Module):
     the target is used as given (unit length in the datasets).
     """
 
-    task = "normals"
+    def __init__(self, spec: TaskSpec) -> None:
+        super().__init__()
+        self.spec = spec
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        check_task_tensors(self.task, pred, target, channels=3)
+        self.spec.check_tensors(pred, target, channels=3)
         valid = target.norm(dim=1, keepdim=True) > 0
         err = (F.normalize(pred, p=2, dim=1) - target).abs()
         err = torch.where(valid, err, torch.zeros_like(err))
@@ -133,49 +84,68 @@ class NormalsL1Loss(nn.Module):
 
 
 class BalancedBCELoss(nn.Module):
-    """Class-balanced BCE on (B, 1, H, W) logits; 255 = ignore. See `balanced_bce_sum` for the formula.
+    """Class-balanced BCE on (B, 1, H, W) logits. See `mtbench.balanced_bce.balanced_bce_sum` for the formula.
 
     Edge uses a fixed positive weight w (ATRC `BalancedBinaryCrossEntropyLoss(pos_weight=w)`); sal uses
-    the automatic weight (w = fraction of negatives in the batch) and reads its (B, H, W) long target. A
-    2-channel sal head (ATRC's layout) is scored on the logit difference z1 − z0, which makes this equal to
-    ATRC's `CrossEntropyLoss(balanced=True)` with class weights (1 − w, w).
+    the automatic weight (w = fraction of negatives in the batch) and reads its (B, H, W) class map. A
+    2-channel head (`TaskSpec.two_logit_head`, ATRC's sal layout) is scored on the logit difference z1 − z0,
+    which makes this equal to ATRC's `CrossEntropyLoss(balanced=True)` with class weights (1 − w, w).
     """
 
-    def __init__(self, task: str, pos_weight: float | None) -> None:
+    def __init__(self, spec: TaskSpec, pos_weight: float | None) -> None:
         super().__init__()
-        self.task, self.pos_weight = task, pos_weight
+        self.spec, self.pos_weight = spec, pos_weight
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
-        if self.task == "sal":
-            check_task_tensors(self.task, pred, target, channels=(1, 2))
-            logits = pred[:, 1:] - pred[:, :1] if pred.shape[1] == 2 else pred
+        self.spec.check_tensors(pred, target, channels=self.spec.accepted_channels(None))
+        logits = pred[:, 1:] - pred[:, :1] if pred.shape[1] == 2 else pred
+        if self.spec.is_class_map:
             target = target.unsqueeze(1)
-        else:
-            check_task_tensors(self.task, pred, target, channels=1)
-            logits = pred
-        total, n_valid = balanced_bce_sum(logits, target, self.pos_weight)
+        total, n_valid = balanced_bce_sum(logits, target, self.pos_weight, ignore_index=self.spec.fill)
         return total / n_valid.clamp(min=1)
 
 
-def build_task_loss(task: str, *, dataset: str, edge_pos_weight: float | None = None) -> nn.Module:
+@LOSSES.register("cross_entropy")
+def cross_entropy(spec: TaskSpec, *, channels: int) -> CrossEntropyLoss:
+    """Cross-entropy over the classes, ignored pixels left out."""
+    return CrossEntropyLoss(spec, channels)
+
+
+@LOSSES.register("l1_depth")
+def l1_depth(spec: TaskSpec, *, channels: int) -> DepthL1Loss:
+    """L1 over pixels with valid (> 0) depth."""
+    return DepthL1Loss(spec)
+
+
+@LOSSES.register("l1_normals")
+def l1_normals(spec: TaskSpec, *, channels: int) -> NormalsL1Loss:
+    """L1 of the normalised prediction per valid pixel."""
+    return NormalsL1Loss(spec)
+
+
+@LOSSES.register("balanced_bce")
+def balanced_bce(spec: TaskSpec, *, channels: int, pos_weight: float | None = None) -> BalancedBCELoss:
+    """Class-balanced BCE: fixed positive weight in (0, 1), or None for the batch's fraction of negatives."""
+    if pos_weight is not None and not (isinstance(pos_weight, int | float) and 0.0 < pos_weight < 1.0):
+        raise MtbenchError(f"{spec.name} loss: pos_weight must lie strictly between 0 and 1; got {pos_weight!r}.")
+    return BalancedBCELoss(spec, None if pos_weight is None else float(pos_weight))
+
+
+def build_task_loss(task: str, *, dataset: str, **options: Any) -> nn.Module:
     """Return the loss module of `task` on `dataset`, mapping (raw prediction, Sample target) to a scalar.
 
-    `edge_pos_weight` is read only for edge (default 0.95); it must lie in (0, 1).
+    The loss is `TaskSpec.loss` with `TaskSpec.loss_options`, updated by `options` (edge: `pos_weight`,
+    default 0.95, from the config's `loss.edge_pos_weight`); an option the loss does not take is an error.
     """
     spec = get_task(task)
     channels = spec.num_outputs(dataset)  # also checks that the task exists on the dataset
-    if spec.loss == "cross_entropy":
-        return CrossEntropyLoss(task, channels)
-    if task == "depth":
-        return DepthL1Loss()
-    if task == "normals":
-        return NormalsL1Loss()
-    if task == "sal":
-        return BalancedBCELoss("sal", pos_weight=None)
-    w = DEFAULT_EDGE_POS_WEIGHT if edge_pos_weight is None else float(edge_pos_weight)
-    if not 0.0 < w < 1.0:
-        raise MtbenchError(f"edge_pos_weight must lie strictly between 0 and 1; got {edge_pos_weight!r}.")
-    return BalancedBCELoss("edge", pos_weight=w)
+    builder = LOSSES.get(spec.loss)
+    accepted = [p for p in inspect.signature(builder).parameters if p not in ("spec", "channels")]
+    for name in options:
+        if name not in accepted:
+            raise MtbenchError(f"unknown option {name!r} for the {task} loss ({spec.loss}); "
+                               f"its options: {', '.join(accepted) or 'none'}.")
+    return builder(spec, channels=channels, **{**spec.loss_options, **options})
 
 
 def _check_losses(tasks: tuple[str, ...], losses: dict[str, Tensor]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
 from mtbench.errors import MtbenchError
@@ -128,7 +129,7 @@ def register_meter(*keys: str, directions: Mapping[str, bool]) -> Callable[[F], 
     """Register the decorated meter builder under each of `keys` ('task' or 'task:variant')."""
 
     def deco(build: F) -> F:
-        entry = MeterEntry(build, dict(directions))
+        entry = MeterEntry(build, MappingProxyType(dict(directions)))
         for key in keys:
             METERS.register(key)(entry)
         return build

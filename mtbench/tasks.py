@@ -47,7 +47,7 @@ SYNTHETIC_SEMSEG_CLASSES = ("floor", "wall", "box", "sphere", "cylinder", "figur
 HUMAN_PART_CLASSES = ("background", "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg")
 
 Target = Literal["class_map", "dense"]
-Display = Literal["labels", "probability", "depth", "normals"]
+Display = Literal["labels", "probability", "scalar_map", "direction_rgb"]
 
 
 @dataclass(frozen=True)
@@ -170,10 +170,10 @@ TASKS: Mapping[str, TaskSpec] = MappingProxyType({
         higher_is_better=True, display="probability", two_logit_head=True, loss_options={"pos_weight": None}),
     "depth": TaskSpec(
         "depth", _same(1, *_NYUD), target="dense", loss="l1_depth", primary_metric="depth/rmse",
-        higher_is_better=False, display="depth", ignore=None, scales_with_zoom=True),
+        higher_is_better=False, display="scalar_map", ignore=None, scales_with_zoom=True),
     "normals": TaskSpec(
         "normals", _same(3, *_ALL), target="dense", target_channels=3, loss="l1_normals",
-        primary_metric="normals/mean", higher_is_better=False, display="normals", ignore=None, unit_vectors=True),
+        primary_metric="normals/mean", higher_is_better=False, display="direction_rgb", ignore=None, unit_vectors=True),
     # odsF needs the boundary evaluation (metrics/boundary.py): too slow for validation, which logs the
     # balanced-BCE proxy; positive weight 0.95 as InvPT and MTI-Net (ATRC's NYUD 0.8 is passed explicitly).
     "edge": TaskSpec(

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The 8-neighbour code of a pixel whose neighbours are all foreground (one bit per neighbour).
+ALL_NEIGHBOURS = (1 << 8) - 1
+
 
 def _thin_luts() -> tuple[np.ndarray, np.ndarray]:
     """Return the deletion tables of the two subiterations, indexed by the 8-neighbour code.
@@ -54,7 +57,7 @@ def thin(mask: np.ndarray) -> np.ndarray:
         return np.packbits(flat[idx[:, None] + offsets[None, :]], axis=1, bitorder="little")[:, 0]
 
     fg = np.flatnonzero(flat)
-    first = fg[codes(fg) != 255]  # foreground pixels touching the background
+    first = fg[codes(fg) != ALL_NEIGHBOURS]  # foreground pixels touching the background
     dirty = [first, first.copy()]  # pixels to look at in the next subiteration of each kind
     in_dirty = [np.zeros_like(flat), np.zeros_like(flat)]
     in_dirty[0][first] = in_dirty[1][first] = 1

@@ -57,6 +57,7 @@ TAG_STUDY_PARENT = "mtbench.study_parent"  # "true" on a study's parent run
 TAG_REPORT = "mtbench.report"  # "true" on the run that holds a `mtbench report`'s files
 TAG_DATASET_VARIANT = "mtbench.dataset_variant"  # archive the data came from: NYUD_MT, NYUDv2, PASCAL_MT, ...
 TAG_PROTOCOL = "mtbench.protocol"  # augmentation/evaluation preset: atrc, mtinet
+TAG_REFERENCE_VARIANT = "mtbench.reference_variant"  # the experiment's Δm reference row (report default)
 TEST_PREFIX = "test/"
 
 DEFAULT_DB = "mlruns.db"

@@ -25,13 +25,12 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, env: dict[str, str] | N
     return subprocess.run([*cmd, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-# The smallest backbone and input each model accepts (InvPT needs a ViT and sides divisible by 32).
-MODEL_TEST_SETTING = {"invpt": ("vit_test", (64, 96))}
-
-
 def model_test_setting(name: str) -> tuple[str, tuple[int, int]]:
-    """(backbone, (H, W)) to build and run registered model `name` on in generic tests."""
-    return MODEL_TEST_SETTING.get(name, ("tiny", (40, 56)))
+    """(backbone, (H, W)) to build and run registered model `name` on: what the model declares (ModelEntry)."""
+    from mtbench.models import MODELS
+
+    entry = MODELS.get(name)
+    return entry.smoke_backbone, entry.test_size
 
 
 @pytest.fixture

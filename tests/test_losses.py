@@ -85,7 +85,7 @@ def test_edge_balanced_bce_equals_atrc_pos_weight_form() -> None:
     valid = target != 255
     atrc = F.binary_cross_entropy_with_logits(pred[valid], target[valid], pos_weight=torch.tensor(w / (1 - w)))
     atrc = atrc / (1 / (1 - w))
-    ours = build_task_loss("edge", dataset="nyud", edge_pos_weight=w)(pred, target)
+    ours = build_task_loss("edge", dataset="nyud", pos_weight=w)(pred, target)
     assert ours.item() == pytest.approx(atrc.item(), rel=1e-6)
 
 
@@ -126,14 +126,16 @@ def test_shape_and_dtype_mismatches_are_user_errors(task, dataset, pred, target,
 
 
 def test_build_task_loss_checks_its_arguments() -> None:
-    with pytest.raises(MtbenchError, match="edge_pos_weight"):
-        build_task_loss("edge", dataset="nyud", edge_pos_weight=1.5)
+    with pytest.raises(MtbenchError, match="pos_weight must lie strictly between 0 and 1"):
+        build_task_loss("edge", dataset="nyud", pos_weight=1.5)
     with pytest.raises(MtbenchError, match="not defined on dataset"):
         build_task_loss("depth", dataset="pascal_context")
     with pytest.raises(MtbenchError, match="unknown task"):
         build_task_loss("depht", dataset="nyud")
     assert build_task_loss("edge", dataset="nyud").pos_weight == 0.95
-    assert build_task_loss("semseg", dataset="nyud", edge_pos_weight=0.8).num_classes == 40
+    assert build_task_loss("semseg", dataset="nyud").num_classes == 40
+    with pytest.raises(MtbenchError, match="unknown option 'pos_weight' for the semseg loss"):
+        build_task_loss("semseg", dataset="nyud", pos_weight=0.8)
 
 
 # ---- weightings -----------------------------------------------------------------------------------------

@@ -20,9 +20,6 @@ from mtbench.tasks import DATASET_FAMILY
 SMOKE_DATASET = {"nyud": "synthetic_nyud", "pascal_context": "synthetic_pascal"}
 SMOKE_DATASET_OPTIONS = {"height": 64, "width": 64, "num_train": 16, "num_val": 8, "num_test": 8}
 SMOKE_TRAIN = {"steps": 4, "batch_size": 4, "eval_batch_size": 8, "eval_every": 2, "checkpoint_every": 2}
-SMOKE_BACKBONE = "tiny"
-# Models that need another kind of backbone get the tiny one of that kind (InvPT reads ViT tokens).
-SMOKE_BACKBONE_FOR_MODEL = {"invpt": "vit_test"}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -93,6 +90,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def smoke_backbone(model: str) -> str:
+    """The tiny backbone that model `model` declares for smoke runs (`tiny`, or `vit_test` for InvPT)."""
+    from mtbench.models import MODELS
+
+    return MODELS.get(model).smoke_backbone if model in MODELS else "tiny"
+
+
 def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of a raw experiment turned into its --smoke version (see SMOKE_*)."""
     data = copy.deepcopy(data)
@@ -103,7 +107,7 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
         raise MtbenchError(f"--smoke: unknown dataset {name!r}; valid: {', '.join(DATASET_FAMILY)}.")
     dataset.update(name=SMOKE_DATASET[family], root=None, protocol=None, options=dict(SMOKE_DATASET_OPTIONS))
     model = data.setdefault("model", {})
-    model.update(backbone=SMOKE_BACKBONE_FOR_MODEL.get(model.get("name", ""), SMOKE_BACKBONE), pretrained=False)
+    model.update(backbone=smoke_backbone(model.get("name", "")), pretrained=False)
     train = data.setdefault("train", {})
     train.update(SMOKE_TRAIN)
     train.setdefault("schedule", {})["warmup_steps"] = 1
@@ -120,8 +124,8 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
         for key in [k for k in overrides if k.startswith(("model.backbone", "model.pretrained",
                                                           "dataset.", "train."))]:
             del overrides[key]
-        if overrides.get("model.name") in SMOKE_BACKBONE_FOR_MODEL:
-            overrides["model.backbone"] = SMOKE_BACKBONE_FOR_MODEL[overrides["model.name"]]
+        if "model.name" in overrides:
+            overrides["model.backbone"] = smoke_backbone(str(overrides["model.name"]))
     return data
 
 
@@ -178,15 +182,17 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *, smo
 
 
 def check_select_metric(trial: TrialConfig) -> None:
-    """The checkpoint-selection metric must be one the trial's validation meters log."""
-    from mtbench.metrics import METRIC_DIRECTIONS
+    """The checkpoint-selection metric must be one the trial's validation meters log: a key that the
+    reference meter of one of its tasks declares (edge: `edge/loss_bce`; odsF is a test-only meter)."""
+    import mtbench.metrics  # noqa: F401  (registers meters)
+    from mtbench.registry import METERS
     from mtbench.tasks import resolve_tasks
 
     key = trial.train.select_metric
     if key is None:
         return
     tasks = resolve_tasks(trial.dataset.name, trial.dataset.tasks)
-    valid = [k for k in METRIC_DIRECTIONS if k.split("/")[0] in tasks and k != "edge/odsF"]
+    valid = [k for t in tasks for k in METERS.get(t).directions]
     if key not in valid:
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -251,7 +257,8 @@ def expand_trials(experiment: Experiment, where: str = "experiment") -> list[Tri
                 set_dotted(data, key, value, where=f"{where}: variant {variant.name!r}")
             name = f"{variant.name}@{grid_label(point)}" if point else variant.name
             for seed in experiment.seeds:
-                trial = dict(data, experiment=experiment.name, variant=name, seed=seed)
+                trial = dict(data, experiment=experiment.name, variant=name, seed=seed,
+                             reference_variant=experiment.reference_variant)
                 trials.append(validate(TrialConfig, trial, f"{where}: variant {name!r}"))
     return trials
 

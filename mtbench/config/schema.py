@@ -70,6 +70,10 @@ class LossConfig(Strict):
     weights: dict[str, float] | None = None
     edge_pos_weight: float = Field(0.95, gt=0, lt=1)
 
+    def task_options(self) -> dict[str, dict[str, Any]]:
+        """Loss options per task that this config sets (`edge_pos_weight` is the edge loss's `pos_weight`)."""
+        return {"edge": {"pos_weight": self.edge_pos_weight}}
+
 
 class TrackingConfig(Strict):
     uri: str | None = None
@@ -111,7 +115,7 @@ class SearchConfig(Strict):
     # A validation metric as logged, e.g. "semseg/mIoU" (read from val/<objective>), or "delta_m": Δm in
     # percent against `reference` over the tasks whose primary metric both have.
     objective: str
-    # For delta_m: "published:<row>" (baselines/published_results.yaml) or {metric key: value}.
+    # For delta_m: "published:<row>" (mtbench/report/data/published_results.yaml) or {metric key: value}.
     reference: str | dict[str, float] | None = None
     # Default: the metric's own direction (higher mIoU, lower rmse).
     direction: Literal["maximize", "minimize"] | None = None
@@ -206,20 +210,30 @@ class Experiment(Sections):
         return self
 
 
+# Config keys that do not decide a trial's numbers: where results go and how they are read.
+NOT_IDENTITY = ("output_dir", "tracking", "reference_variant")
+
+
 class TrialConfig(Sections):
     """One trial: an experiment's sections with one variant's overrides applied, and one seed."""
 
     experiment: str
     variant: str
     seed: int
+    # The experiment's Δm reference row, recorded on the run for `mtbench report`; changes no result.
+    reference_variant: str = "single_task"
 
     @property
     def key(self) -> str:
         """Stable human-readable identity of the trial within the output folder."""
         return f"{self.experiment}/{self.variant}/seed{self.seed}"
 
+    def identity(self) -> dict[str, Any]:
+        """The config that decides the trial's numbers: everything but where results go and how they are read."""
+        return self.model_dump(exclude=set(NOT_IDENTITY))
+
     @property
     def id(self) -> str:
-        """Stable id: a hash of the resolved config (where results go, output_dir and tracking, excluded)."""
-        payload = json.dumps(self.model_dump(exclude={"output_dir", "tracking"}), sort_keys=True, default=str)
+        """Stable id: a hash of `identity()`."""
+        payload = json.dumps(self.identity(), sort_keys=True, default=str)
         return hashlib.sha1(payload.encode()).hexdigest()[:12]

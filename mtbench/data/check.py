@@ -20,6 +20,9 @@ from mtbench.tasks import resolve_tasks
 
 CHECKABLE = ("nyud", "pascal_context")
 SPLITS = ("train", "val")
+# What a wholly missing folder means, per dataset and file key, where the dataset knows more than "incomplete".
+MISSING_HINTS: dict[str, dict[str, str]] = {"pascal_context": pascal_context.MISSING_HINTS}
+INCOMPLETE = "the archive is incomplete; unpack the full archive, or leave that task out of dataset.tasks"
 
 
 @dataclass
@@ -66,10 +69,7 @@ class CheckReport:
 
 def key_hint(dataset: str, key: str) -> str:
     """What a wholly missing folder means and what to do."""
-    if dataset == "pascal_context" and key in ("normals", "sal"):
-        return (f"this copy of PASCAL-Context lacks the distilled {key} (some re-uploads do); get the full "
-                f"PASCAL_MT archive, or leave '{key}' out of dataset.tasks")
-    return "the archive is incomplete; unpack the full archive, or leave that task out of dataset.tasks"
+    return MISSING_HINTS.get(dataset, {}).get(key, INCOMPLETE)
 
 
 def check_tree(name: str, root: str | Path, *, tasks: Sequence[str] | None = None, full: bool = True,
@@ -92,7 +92,7 @@ def check_tree(name: str, root: str | Path, *, tasks: Sequence[str] | None = Non
         ids_of = {s: read_split(path / "ImageSets" / "Context" / f"{s}.txt", name, path) for s in SPLITS}
         find_missing = partial(pascal_context.missing_files, path, task_tuple)
         read = partial(pascal_context.read_sample, path, task_tuple)
-        file_of = lambda key, i: pascal_context.FILES[key].path(path, i)  # noqa: E731
+        file_of = lambda key, i: pascal_context.file_spec(path, key, i).path(path, i)  # noqa: E731
     report = CheckReport(dataset=name, root=path, variant=variant, tasks=task_tuple)
     for split, ids in ids_of.items():
         report.counts[split] = len(ids)

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from mtbench.data.synthetic import GENERATOR_VERSION, PRESETS, SPLITS, render_scene
 from mtbench.errors import MtbenchError
 from mtbench.registry import DATASETS
-from mtbench.tasks import resolve_tasks
+from mtbench.tasks import TASKS, resolve_tasks
 
 # The image is normalised with the ImageNet statistics that timm's pretrained backbones expect.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -35,14 +35,16 @@ def normalize_image(rgb: np.ndarray) -> torch.Tensor:
 
 
 def to_sample_tensor(task: str, array: np.ndarray) -> torch.Tensor:
-    """Convert one task's (H, W[, C]) generator array to its Sample tensor (DESIGN.md contract)."""
-    if task in ("semseg", "sal", "human_parts"):
-        return torch.from_numpy(array.astype(np.int64))  # (H, W) long, 255 = ignore
-    if task == "normals":
+    """Convert one task's (H, W[, C]) generator array to its Sample tensor (DESIGN.md contract): a class map
+    to a long (H, W) map, a dense map to a float (target_channels, H, W) one."""
+    if task not in TASKS:
+        raise ValueError(f"no Sample conversion for task {task!r}")
+    spec = TASKS[task]
+    if spec.is_class_map:
+        return torch.from_numpy(array.astype(np.int64))
+    if spec.target_channels > 1:
         return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
-    if task in ("depth", "edge"):
-        return torch.from_numpy(array.astype(np.float32)[None])  # (1, H, W) float
-    raise ValueError(f"no Sample conversion for task {task!r}")
+    return torch.from_numpy(array.astype(np.float32)[None])
 
 
 class SyntheticMultiTask(Dataset):
@@ -50,7 +52,14 @@ class SyntheticMultiTask(Dataset):
 
     `render(index)` gives the generator's raw arrays (uint8 `rgb` included), e.g. to write an
     on-disk layout. With `cache=True` rendered arrays are kept in memory (per process) for reuse.
+    A `mtbench.protocols.TaskDataset`: `variant` is the preset's name, nothing is ever `skipped`, and
+    `augment_seed` is accepted but unused, since rendered samples are not augmented.
     """
+
+    tasks: tuple[str, ...]
+    variant: str
+    skipped: list[str]
+    augment_seed: int
 
     def __init__(self, preset: str, *, split: str, tasks: Sequence[str], size: int, height: int,
                  width: int, seed: int = 0, cache: bool = False) -> None:
@@ -66,6 +75,7 @@ class SyntheticMultiTask(Dataset):
                                    f">= {low}, got {value!r}.")
         self.name, self.split, self.tasks = preset, split, tuple(resolve_tasks(preset, list(tasks)))
         self.size, self.height, self.width, self.seed = size, height, width, seed
+        self.variant, self.skipped, self.augment_seed = preset, [], 0
         self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
 
     def __len__(self) -> int:

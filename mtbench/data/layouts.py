@@ -12,7 +12,7 @@ and PASCAL-Context loaders can be exercised without the real data:
   `normals/<id>.png` (uint8 RGB, round((n + 1) / 2 * 255)) and `edge/<id>.png` (uint8 0/255).
   Default size 425x560, the ATRC crop size; the archive's real image size is unconfirmed.
 - `pascal_context` (`PASCAL_MT` / `PASCALContext`): `JPEGImages/<id>.jpg`,
-  `semseg/pascal-context/<id>.png` (uint8 VOC 0..20, 255 = void), `pascal-context/trainval/<id>.mat`
+  `semseg/pascal-context/<id>.png` (uint8 VOC 0..20, void = IGNORE), `pascal-context/trainval/<id>.mat`
   (`LabelMap`, uint16 459-class Context ids), `human_parts/<id>.mat` (PASCAL-Part `anno` struct),
   `normals_distill/<id>.png` (as nyudv2 normals), `sal_distill/<id>.png` (uint8 0/255),
   `ImageSets/Context/{train,val}.txt`. Image sizes vary per image around 375x500.
@@ -40,7 +40,6 @@ from mtbench.data.synthetic import (
     FIGURE,
     GENERATOR_VERSION,
     HEAD,
-    IGNORE,
     LOWER_ARM,
     LOWER_LEG,
     ROOM_SURFACES,
@@ -50,7 +49,7 @@ from mtbench.data.synthetic import (
     render_scene,
 )
 from mtbench.errors import MtbenchError
-from mtbench.tasks import SYNTHETIC_SEMSEG_CLASSES
+from mtbench.tasks import IGNORE, SYNTHETIC_SEMSEG_CLASSES
 
 LAYOUTS = ("nyud_mt", "nyudv2", "pascal_context")
 PRESET_OF_LAYOUT = {"nyud_mt": "synthetic_nyud", "nyudv2": "synthetic_nyud", "pascal_context": "synthetic_pascal"}
@@ -74,7 +73,7 @@ NYU40_OF_SYNTHETIC = {"floor": "floor", "wall": "wall", "box": "cabinet", "spher
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
-# Synthetic class -> VOC class name. Room surfaces are background; void pixels (no hit) are 255.
+# Synthetic class -> VOC class name. Room surfaces are background; void pixels (no hit) are IGNORE.
 VOC_OF_SYNTHETIC = {"floor": "background", "wall": "background", "box": "tvmonitor", "sphere": "bird",
                     "cylinder": "chair", "figure": "person"}
 # Synthetic class -> (Context name, Context id) of the 459-class LabelMap (context_classes.json);
@@ -95,7 +94,7 @@ PARTLESS_EVERY = 4
 
 
 def _lut(values: dict[str, int], void: int, dtype: type) -> np.ndarray:
-    """Lookup table synthetic semseg value (0..5, 255) -> written value."""
+    """Lookup table synthetic semseg value (0..5, IGNORE) -> written value."""
     table = np.full(256, void, dtype=dtype)
     for i, name in enumerate(SYNTHETIC_SEMSEG_CLASSES):
         table[i] = values[name]
@@ -134,7 +133,7 @@ def nyu_png_values(semseg: np.ndarray) -> np.ndarray:
 
 
 def voc_png_values(semseg: np.ndarray) -> np.ndarray:
-    """PASCAL `semseg/pascal-context` PNG values (VOC 0..20, 255 = void) of a synthetic semseg map."""
+    """PASCAL `semseg/pascal-context` PNG values (VOC 0..20, void = IGNORE) of a synthetic semseg map."""
     return _VOC_PNG[semseg]
 
 

@@ -4,7 +4,7 @@ Two incompatible archives circulate (../shared PROTOCOLS.md, "Datasets"); the lo
 a root holds from its file types and records it as the dataset variant:
 - `NYUD_MT` (MTI-Net, ATRC since 2023): images .jpg, normals and edge .npy (used as stored).
 - `NYUDv2` (ATRC's 2021 release, DeMT, InvPT): images .png, normals .png (2x/255 - 1), edge .png (/255).
-Both: `segmentation/<id>.png` (0 = void -> 255, class k -> k - 1), `depth/<id>.npy` (metres, 0 =
+Both: `segmentation/<id>.png` (0 = void -> IGNORE, class k -> k - 1), `depth/<id>.npy` (metres, 0 =
 invalid), `gt_sets/{train,val}.txt`. The val split (654 images) is the set papers report, so the
 `test` split reads it too. The older ASTMT `NYUD_MT` archive (.mat labels, 41 classes) is refused.
 """
@@ -14,29 +14,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mtbench.data.transforms import build_transform
 from mtbench.data.tree import (
+    Decoder,
     FileSpec,
+    Source,
     TreeDataset,
-    check_range,
     check_root,
-    check_shape,
     drop_missing,
     load,
     read_npy,
     read_png,
     read_rgb,
     read_split,
+    split_file,
 )
 from mtbench.errors import MtbenchError
 from mtbench.registry import DATASETS
-from mtbench.tasks import resolve_tasks
+from mtbench.tasks import IGNORE, get_task, resolve_tasks
 
-NUM_CLASSES = 40
-SPLIT_FILES = {"train": "train", "val": "val", "test": "val"}
+NUM_CLASSES = get_task("semseg").num_outputs("nyud")
 
 VARIANTS: dict[str, dict[str, FileSpec]] = {
     "NYUD_MT": {"image": FileSpec("images", ".jpg", read_rgb), "semseg": FileSpec("segmentation", ".png", read_png),
@@ -73,39 +74,65 @@ def detect_variant(root: Path) -> str:
                        f"`mtbench data check nyud --root {root}`.")
 
 
+def decode_semseg(value: Any, src: Source) -> np.ndarray:
+    """Segmentation PNG: 0 = void -> IGNORE, class k (1..NUM_CLASSES) -> k - 1."""
+    src.check_shape(value, None)
+    src.check_range(value, f"0 = void, 1..{NUM_CLASSES}", value <= NUM_CLASSES)
+    return np.where(value == 0, IGNORE, value.astype(np.int64) - 1).astype(np.uint8)
+
+
+def decode_depth(value: Any, src: Source) -> np.ndarray:
+    """Depth .npy: finite metres, 0 = invalid."""
+    value = np.asarray(value, dtype=np.float32).squeeze()
+    src.check_shape(value, None)
+    src.check_range(value, "finite metres >= 0", np.isfinite(value) & (value >= 0))
+    return value
+
+
+def decode_normals(value: Any, src: Source) -> np.ndarray:
+    """Normals .npy (H, W, 3), used as stored."""
+    value = np.asarray(value, dtype=np.float32)
+    src.check_shape(value, 3)
+    src.check_range(value, "finite, |n| <= 1", np.isfinite(value) & (np.abs(value) <= 1.001))
+    return value
+
+
+def decode_normals_png(value: Any, src: Source) -> np.ndarray:
+    """Normals PNG (H, W, 3) uint8, decoded as 2x/255 - 1."""
+    src.check_shape(value, 3)
+    return decode_normals(value.astype(np.float32) * (2.0 / 255.0) - 1.0, src)
+
+
+def decode_edge(value: Any, src: Source) -> np.ndarray:
+    """Edge .npy in [0, 1]."""
+    value = np.asarray(value, np.float32).squeeze()
+    src.check_shape(value, None)
+    src.check_range(value, "0..1", (value >= 0) & (value <= 1))
+    return value
+
+
+def decode_edge_png(value: Any, src: Source) -> np.ndarray:
+    """Edge PNG uint8 0/255, decoded as x/255."""
+    return decode_edge(value.astype(np.float32) / 255.0, src)
+
+
+# How each task's file of a variant becomes its raw array (the files are VARIANTS').
+DECODERS: dict[str, dict[str, Decoder]] = {
+    "NYUD_MT": {"semseg": decode_semseg, "depth": decode_depth, "normals": decode_normals, "edge": decode_edge},
+    "NYUDv2": {"semseg": decode_semseg, "depth": decode_depth, "normals": decode_normals_png,
+               "edge": decode_edge_png},
+}
+
+
 def read_sample(root: Path, variant: str, tasks: Sequence[str], sample_id: str) -> dict[str, np.ndarray]:
     """Raw arrays of one id, converted per PROTOCOLS.md and checked (shape, legal values)."""
     specs = VARIANTS[variant]
     rgb = load(specs["image"].path(root, sample_id), specs["image"].read, sample_id)
-    size = rgb.shape[:2]
     raw = {"rgb": rgb}
     for task in tasks:
-        spec = specs[task]
-        path = spec.path(root, sample_id)
-        value = load(path, spec.read, sample_id)
-        if task == "semseg":
-            check_shape(sample_id, path, value, size, None)
-            check_range(sample_id, path, value, f"0 = void, 1..{NUM_CLASSES}", value <= NUM_CLASSES)
-            raw[task] = np.where(value == 0, 255, value.astype(np.int64) - 1).astype(np.uint8)
-        elif task == "depth":
-            value = np.asarray(value, dtype=np.float32).squeeze()
-            check_shape(sample_id, path, value, size, None)
-            check_range(sample_id, path, value, "finite metres >= 0", np.isfinite(value) & (value >= 0))
-            raw[task] = value
-        elif task == "normals":
-            if spec.ext == ".png":
-                check_shape(sample_id, path, value, size, 3)
-                value = value.astype(np.float32) * (2.0 / 255.0) - 1.0
-            value = np.asarray(value, dtype=np.float32)
-            check_shape(sample_id, path, value, size, 3)
-            check_range(sample_id, path, value, "finite, |n| <= 1", np.isfinite(value) & (np.abs(value) <= 1.001))
-            raw[task] = value
-        elif task == "edge":
-            value = value.astype(np.float32) / 255.0 if spec.ext == ".png" else np.asarray(value, np.float32)
-            value = value.squeeze()
-            check_shape(sample_id, path, value, size, None)
-            check_range(sample_id, path, value, "0..1", (value >= 0) & (value <= 1))
-            raw[task] = value
+        path = specs[task].path(root, sample_id)
+        value = load(path, specs[task].read, sample_id)
+        raw[task] = DECODERS[variant][task](value, Source(sample_id, path, rgb.shape[:2]))
     return raw
 
 
@@ -125,12 +152,10 @@ def nyud(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | N
     `skip_missing`, ids lacking a file are dropped and listed (`dataset.skipped`); else an error.
     """
     path = check_root(root, "nyud")
-    if split not in SPLIT_FILES:
-        raise MtbenchError(f"nyud: unknown split {split!r}; valid: {', '.join(SPLIT_FILES)} (test reads val.txt, "
-                           "the split papers report).")
+    split_name = split_file("nyud", split)
     task_tuple = tuple(resolve_tasks("nyud", None if tasks is None else list(tasks)))
     variant = detect_variant(path)
-    ids = read_split(path / "gt_sets" / f"{SPLIT_FILES[split]}.txt", "nyud", path)
+    ids = read_split(path / "gt_sets" / f"{split_name}.txt", "nyud", path)
     ids, skipped = drop_missing(ids, missing_files(path, variant, task_tuple, ids), skip=skip_missing,
                                 dataset=f"nyud ({variant})", split=split, root=path,
                                 example=lambda key, i: VARIANTS[variant][key].path(path, i))

@@ -13,7 +13,7 @@ Conventions (documented once, relied on by tests and the Dataset):
   flip negates n_x. Invalid pixels (no hit) have the zero vector.
 - Depth: camera-space z (distance along the optical axis, not along the ray) in metres; 0 = invalid.
 - `render` returns image-like arrays (H, W[, C]), as files on disk hold them: `rgb` uint8 (H, W, 3),
-  `depth` float32, `normals` float32 (H, W, 3), `semseg`/`human_parts`/`sal`/`edge` uint8 (255 =
+  `depth` float32, `normals` float32 (H, W, 3), `semseg`/`human_parts`/`sal`/`edge` uint8 (IGNORE =
   ignore), and `instance` int32 (0 floor, 1-3 back/left/right wall, 4+ objects in scene order).
 
 Randomness comes only from `scene_rng(preset, split, index, seed)`, so a sample is a pure function
@@ -28,14 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtbench.tasks import HUMAN_PART_CLASSES, SYNTHETIC_SEMSEG_CLASSES
+from mtbench.tasks import HUMAN_PART_CLASSES, IGNORE, SYNTHETIC_SEMSEG_CLASSES
 
 FLOOR, WALL, BOX, SPHERE, CYLINDER, FIGURE = (SYNTHETIC_SEMSEG_CLASSES.index(c) for c in (
     "floor", "wall", "box", "sphere", "cylinder", "figure"))
 HEAD, TORSO, UPPER_ARM, LOWER_ARM, UPPER_LEG, LOWER_LEG = (HUMAN_PART_CLASSES.index(c) for c in (
     "head", "torso", "upper_arm", "lower_arm", "upper_leg", "lower_leg"))
 FOREGROUND_CLASSES = (BOX, SPHERE, CYLINDER, FIGURE)
-IGNORE = 255
 SPLITS = ("train", "val", "test")
 GENERATOR_VERSION = 1  # bump whenever a change alters rendered samples, so fingerprints change
 # Room surfaces come first in the surface table; object instances are numbered after them.

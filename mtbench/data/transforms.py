@@ -1,9 +1,11 @@
 """Training/evaluation transforms of the real datasets: raw arrays in, a Sample out (PROTOCOLS.md "Datasets").
 
-A raw sample is `dict[str, np.ndarray]`: uint8 `rgb` (H, W, 3) and task maps in their raw conventions
-(`semseg`/`human_parts`/`sal` uint8 with 255 = ignore, `depth` float32 metres with 0 = invalid, `normals`
-float32 (H, W, 3) with the zero vector = invalid, `edge` float32 in [0, 1] with 255 = ignore). The output
-is a Sample without `meta` (DESIGN.md "Core contracts"); the loader adds `meta`.
+A raw sample is `dict[str, np.ndarray]`: the image, uint8 `rgb` (H, W, 3), and one map per task in its raw
+convention (class maps uint8 with the task's ignore value, `depth` float32 metres with 0 = invalid, `normals`
+float32 (H, W, 3) with the zero vector = invalid, `edge` float32 in [0, 1] with the ignore value). How a task's
+map moves (interpolation, depth scaling, normals' sign and rotation, pad fill, crop balance, the human-parts
+ignore rule) is read from its `mtbench.tasks.TaskSpec`. The output is a Sample without `meta` (DESIGN.md "Core
+contracts"); the loader adds `meta`.
 
 Presets (`build_transform`):
 - None: normalise and convert only, at the original size (what loaders are tested on).
@@ -32,10 +34,12 @@ import torch.nn.functional as F
 
 from mtbench.data.dataset import normalize_image, to_sample_tensor
 from mtbench.errors import MtbenchError
+from mtbench.tasks import TASK_NAMES, TaskSpec, get_task
 
 Arrays = dict[str, np.ndarray]
 Size = tuple[int, int]
 
+IMAGE = "rgb"  # the raw sample's image key; every other key is a task
 PROTOCOLS = ("atrc", "mtinet")
 FAMILIES = ("nyud", "pascal_context")
 
@@ -43,9 +47,6 @@ FAMILIES = ("nyud", "pascal_context")
 ATRC_CROP: dict[str, Size] = {"nyud": (425, 560), "pascal_context": (512, 512)}
 # MTI-Net `TRAIN.SCALE = TEST.SCALE` (FixedResize, aspect ratio not kept).
 MTINET_SIZE: dict[str, Size] = {"nyud": (480, 640), "pascal_context": (512, 512)}
-# PadImage fill per key; the image is padded with 0 after normalisation (the mean colour).
-PAD_FILL = {"semseg": 255, "human_parts": 255, "sal": 255, "edge": 255, "depth": 0, "normals": 0}
-IGNORE = 255
 CAT_MAX_RATIO = 0.75
 CROP_TRIES = 10
 
@@ -61,17 +62,32 @@ def _resize(a: np.ndarray, size: Size, mode: str) -> np.ndarray:
     return (out[0] if a.ndim == 2 else out.permute(1, 2, 0)).numpy()
 
 
+def _restore(spec: TaskSpec, resampled: np.ndarray, original: np.ndarray, zoom: float) -> np.ndarray:
+    """A resampled label back in its raw convention: a class map in its dtype, a zoom-scaled value (depth)
+    divided by the zoom factor, other dense maps as resampled (float32)."""
+    if spec.is_class_map:
+        return resampled.astype(original.dtype)
+    return resampled / zoom if spec.scales_with_zoom else resampled
+
+
+def _is_unit_vectors(key: str) -> bool:
+    """Whether `key` holds direction vectors (normals: `TaskSpec.unit_vectors`); the image does not."""
+    return key != IMAGE and get_task(key).unit_vectors
+
+
 def rescale(arrays: Arrays, scale: float) -> Arrays:
     """ATRC RandomScaling for one factor: size floor(H·s) x floor(W·s), image bilinear, every label nearest
     (normals not renormalised, edges not re-thinned, as the reference), depth divided by `scale`."""
     if scale == 1.0:
         return arrays
-    h, w = arrays["rgb"].shape[:2]
+    h, w = arrays[IMAGE].shape[:2]
     size = (int(h * scale), int(w * scale))
     out = {}
     for key, a in arrays.items():
-        r = _resize(a, size, "bilinear" if key == "rgb" else "nearest")
-        out[key] = r / scale if key == "depth" else r if key in ("rgb", "normals", "edge") else r.astype(a.dtype)
+        if key == IMAGE:
+            out[key] = _resize(a, size, "bilinear")
+        else:
+            out[key] = _restore(get_task(key), _resize(a, size, "nearest"), a, scale)
     return out
 
 
@@ -88,31 +104,46 @@ def _crop(a: np.ndarray, loc: tuple[int, int] | None, size: Size) -> np.ndarray:
     return a if loc is None else a[loc[0]:loc[0] + size[0], loc[1]:loc[1] + size[1]]
 
 
+def _balanced_key(arrays: Arrays) -> str | None:
+    """The map whose classes the random crop balances (the first task with `balances_crop`), if present."""
+    return next((key for key in arrays if key != IMAGE and get_task(key).balances_crop), None)
+
+
+def _is_balanced(labels: np.ndarray, ignore: int | None, cat_max_ratio: float) -> bool:
+    """More than one class, the largest (ignored pixels excluded) under `cat_max_ratio` of the labelled pixels."""
+    values, counts = np.unique(labels, return_counts=True)
+    if ignore is not None:
+        counts = counts[values != ignore]
+    return bool(len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio)
+
+
 def random_crop(arrays: Arrays, size: Size, rng: np.random.Generator,
                 cat_max_ratio: float = CAT_MAX_RATIO) -> Arrays:
-    """ATRC RandomCrop: one location for every key, re-drawn up to 10 times until the semseg crop holds more
-    than one class and its largest class (255 excluded) is under `cat_max_ratio` of the labelled pixels.
+    """ATRC RandomCrop: one location for every key, re-drawn up to 10 times until the crop of the balanced map
+    (semseg, `TaskSpec.balances_crop`) holds more than one class and its largest class (ignored pixels
+    excluded) is under `cat_max_ratio` of the labelled pixels.
 
     As in the reference, after 10 rejected locations the 11th drawn one is used without being checked.
-    Without `semseg` there is nothing to check (ATRC always loads semseg; a loader that wants the reference
-    crop for other tasks must pass semseg too).
+    Without a balanced map there is nothing to check (ATRC always loads semseg; a loader that wants the
+    reference crop for other tasks must pass semseg too).
     """
-    loc = _crop_loc(arrays["rgb"].shape, size, rng)
-    if "semseg" in arrays and cat_max_ratio < 1.0:
+    loc = _crop_loc(arrays[IMAGE].shape, size, rng)
+    key = _balanced_key(arrays)
+    if key is not None and cat_max_ratio < 1.0:
+        ignore = get_task(key).ignore
         for _ in range(CROP_TRIES):
-            labels, counts = np.unique(_crop(arrays["semseg"], loc, size), return_counts=True)
-            counts = counts[labels != IGNORE]
-            if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+            if _is_balanced(_crop(arrays[key], loc, size), ignore, cat_max_ratio):
                 break
-            loc = _crop_loc(arrays["rgb"].shape, size, rng)
-    return {key: _crop(a, loc, size) for key, a in arrays.items()}
+            loc = _crop_loc(arrays[IMAGE].shape, size, rng)
+    return {k: _crop(a, loc, size) for k, a in arrays.items()}
 
 
 def hflip(arrays: Arrays) -> Arrays:
     """Mirror every map left-right; the normals' x component changes sign (both references)."""
     out = {key: a[:, ::-1].copy() for key, a in arrays.items()}
-    if "normals" in out:
-        out["normals"][..., 0] *= -1
+    for key, a in out.items():
+        if _is_unit_vectors(key):
+            a[..., 0] *= -1
     return out
 
 
@@ -139,7 +170,7 @@ def scale_rotate(arrays: Arrays, angle: float, scale: float) -> Arrays:
     """
     if angle == 0.0 and scale == 1.0:
         return arrays
-    h, w = arrays["rgb"].shape[:2]
+    h, w = arrays[IMAGE].shape[:2]
     cx, cy = w / 2, h / 2
     theta = math.radians(angle)
     cos, sin = math.cos(theta) / scale, math.sin(theta) / scale
@@ -151,16 +182,17 @@ def scale_rotate(arrays: Arrays, angle: float, scale: float) -> Arrays:
     grid = torch.stack([(2 * sx + 1) / w - 1, (2 * sy + 1) / h - 1], dim=-1)[None].float()
     out = {}
     for key, a in arrays.items():
-        if key == "normals":
+        smooth = key == IMAGE or _is_unit_vectors(key)
+        if _is_unit_vectors(key):
             nx, ny = a[..., 0], a[..., 1]
             a = np.stack([nx * math.cos(theta) + ny * math.sin(theta),
                           ny * math.cos(theta) - nx * math.sin(theta), a[..., 2]], axis=-1)
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
         t = t[None, None] if a.ndim == 2 else t.permute(2, 0, 1)[None]
-        mode = "bicubic" if key in ("rgb", "normals") else "nearest"
-        r = F.grid_sample(t, grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+        r = F.grid_sample(t, grid, mode="bicubic" if smooth else "nearest", padding_mode="zeros",
+                          align_corners=False)[0]
         r = (r[0] if a.ndim == 2 else r.permute(1, 2, 0)).numpy()
-        out[key] = r / scale if key == "depth" else r if key in ("rgb", "normals", "edge") else r.astype(a.dtype)
+        out[key] = r if smooth else _restore(get_task(key), r, a, scale)
     return out
 
 
@@ -170,14 +202,13 @@ def fixed_resize(arrays: Arrays, size: Size) -> Arrays:
     normals bicubic, then n / (|n| + eps) as the reference, so zero vectors stay zero."""
     out = {}
     for key, a in arrays.items():
-        if key == "rgb":
+        if key == IMAGE:
             out[key] = np.clip(_resize(a, size, "bicubic"), 0, 255).astype(np.uint8)
-        elif key == "normals":
+        elif _is_unit_vectors(key):
             n = _resize(a, size, "bicubic")
             out[key] = n / (np.linalg.norm(n, axis=-1, keepdims=True) + np.finfo(np.float32).eps)
-        else:
-            r = _resize(a, size, "nearest")
-            out[key] = r if key in ("depth", "edge") else r.astype(a.dtype)
+        else:  # FixedResize leaves depth values as they are: no zoom
+            out[key] = _restore(get_task(key), _resize(a, size, "nearest"), a, 1.0)
     return out
 
 
@@ -242,25 +273,32 @@ def photometric_distortion(rgb: np.ndarray, rng: np.random.Generator) -> np.ndar
 
 # ----------------------------------------------------------------------------------------------- presets
 
-def _ignore_human_parts(arrays: Arrays, ignorable: tuple[int, ...]) -> Arrays:
-    """AddIgnoreRegions for human_parts: the whole map becomes 255 when it holds no part pixel, i.e. only
-    values in `ignorable` ((0, 255) in ATRC, where padding adds 255; (0,) in MTI-Net, which never pads).
-    Depth 0 and zero normals already mean invalid in the Sample contract, so they need no rewriting."""
-    parts = arrays.get("human_parts")
-    if parts is not None and np.isin(parts, ignorable).all():
-        arrays = {**arrays, "human_parts": np.full_like(parts, IGNORE)}
-    return arrays
+def _ignore_without_foreground(arrays: Arrays, padded: bool) -> Arrays:
+    """AddIgnoreRegions for the tasks with `ignored_without_foreground` (human_parts): the whole map becomes
+    the ignore value when it holds no foreground pixel, i.e. only background (0) and, where padding added it
+    (ATRC), the ignore value; MTI-Net never pads. Depth 0 and zero normals already mean invalid in the
+    Sample contract, so they need no rewriting."""
+    out = dict(arrays)
+    for key, a in arrays.items():
+        spec = None if key == IMAGE else get_task(key)
+        if spec is None or not spec.ignored_without_foreground or spec.ignore is None:
+            continue
+        if np.isin(a, (0, spec.ignore) if padded else (0,)).all():
+            out[key] = np.full_like(a, spec.ignore)
+    return out
 
 
 def _to_sample(arrays: Arrays, pad_to: Size | None) -> dict[str, torch.Tensor]:
-    """Normalise the image (ImageNet statistics), centred-pad every map to `pad_to`, convert to tensors."""
-    image = normalize_image(arrays["rgb"])
+    """Normalise the image (ImageNet statistics), centred-pad every map to `pad_to` (the image with 0, the
+    mean colour; a label with its task's `fill`), convert to tensors."""
+    image = normalize_image(arrays[IMAGE])
     if pad_to is not None:
         image = torch.from_numpy(centre_pad(image.permute(1, 2, 0).numpy(), pad_to, 0.0)).permute(2, 0, 1)
     sample = {"image": image.contiguous()}
     for key, a in arrays.items():
-        if key != "rgb":
-            sample[key] = to_sample_tensor(key, a if pad_to is None else centre_pad(a, pad_to, PAD_FILL[key]))
+        if key != IMAGE:
+            fill = get_task(key).fill
+            sample[key] = to_sample_tensor(key, a if pad_to is None else centre_pad(a, pad_to, fill))
     return sample
 
 
@@ -287,11 +325,11 @@ class Transform:
         return f"atrc/{split} {crop}pad {_fmt(self.pad_to)}"
 
     def __call__(self, raw: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        if "rgb" not in raw:
-            raise ValueError(f"a raw sample needs 'rgb'; it holds {sorted(raw)}")
-        unknown = set(raw) - {"rgb", *PAD_FILL}
+        if IMAGE not in raw:
+            raise ValueError(f"a raw sample needs {IMAGE!r}; it holds {sorted(raw)}")
+        unknown = set(raw) - {IMAGE, *TASK_NAMES}
         if unknown:
-            raise ValueError(f"no transform for keys {sorted(unknown)}; known: rgb, {', '.join(PAD_FILL)}")
+            raise ValueError(f"no transform for keys {sorted(unknown)}; known: {IMAGE}, {', '.join(TASK_NAMES)}")
         arrays = {key: np.asarray(a) for key, a in raw.items()}
         if self.protocol is None:
             return _to_sample(arrays, None)
@@ -302,9 +340,9 @@ class Transform:
                 arrays = random_crop(arrays, self.crop_size, rng)
                 if rng.random() < 0.5:
                     arrays = hflip(arrays)
-                arrays["rgb"] = photometric_distortion(arrays["rgb"], rng)
-            # Padding happens in _to_sample; the parts rule sees 255 there as ATRC does after PadImage.
-            return _to_sample(_ignore_human_parts(arrays, (0, IGNORE)), self.pad_to)
+                arrays[IMAGE] = photometric_distortion(arrays[IMAGE], rng)
+            # Padding happens in _to_sample; the parts rule accepts the ignore value as ATRC's after PadImage.
+            return _to_sample(_ignore_without_foreground(arrays, padded=True), self.pad_to)
         assert self.resize_to is not None
         if self.train:
             if rng.random() < 0.5:
@@ -315,7 +353,7 @@ class Transform:
                 angle, scale = float(rng.uniform(-20.0, 20.0)), float(rng.uniform(0.75, 1.25))
             arrays = scale_rotate(arrays, angle, scale)
         arrays = fixed_resize(arrays, self.resize_to)
-        return _to_sample(_ignore_human_parts(arrays, (0,)), None)
+        return _to_sample(_ignore_without_foreground(arrays, padded=False), None)
 
 
 def _fmt(size: Size | None) -> str:

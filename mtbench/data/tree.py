@@ -1,9 +1,10 @@
 """Datasets read from a tree of files: split lists, decoding with errors that name the file and id,
 fingerprints, and the torch Dataset that turns raw arrays into Samples through a protocol transform.
 
-A tree dataset describes its files as `FileSpec`s (folder, extension, reader) per key; `TreeDataset`
-does the rest. Raw arrays follow the conventions of `mtbench.data.transforms` (uint8 RGB `rgb`,
-labels uint8 with 255 = ignore, depth metres with 0 = invalid, normals with zero = invalid).
+A tree dataset describes its files as `FileSpec`s (folder, extension, reader) per key and converts each
+task's file with a decoder of its own; `TreeDataset` does the rest. Raw arrays follow the conventions of
+`mtbench.data.transforms` (uint8 RGB `rgb`, class maps uint8 with `mtbench.tasks.IGNORE` = ignore, depth
+metres with 0 = invalid, normals with zero = invalid).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from mtbench.errors import MtbenchError
 
 Reader = Callable[[Path], np.ndarray]
 
+# The split file each split reads: papers report the val split, so `test` reads it too.
+SPLIT_FILES = {"train": "train", "val": "val", "test": "val"}
+
 
 class BadSampleError(MtbenchError):
     """A file of one sample is missing, unreadable or holds illegal values."""
@@ -39,6 +43,25 @@ class FileSpec:
 
     def path(self, root: Path, sample_id: str) -> Path:
         return root / self.folder / f"{sample_id}{self.ext}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The file one label was read from, its sample id and the image size: what a decoder's checks name."""
+
+    sample_id: str
+    path: Path
+    size: tuple[int, int]
+
+    def check_shape(self, array: np.ndarray, channels: int | None) -> None:
+        check_shape(self.sample_id, self.path, array, self.size, channels)
+
+    def check_range(self, values: np.ndarray, legal: str, ok: np.ndarray | bool) -> None:
+        check_range(self.sample_id, self.path, values, legal, ok)
+
+
+# Converts what a FileSpec's reader returned into the task's raw array, checking shape and legal values.
+Decoder = Callable[[Any, Source], np.ndarray]
 
 
 # ------------------------------------------------------------------------------------- readers
@@ -107,6 +130,14 @@ def read_split(path: Path, dataset: str, root: Path) -> list[str]:
     return ids
 
 
+def split_file(dataset: str, split: str) -> str:
+    """The split file `split` reads (SPLIT_FILES); an unknown split is a user error naming the valid ones."""
+    if split not in SPLIT_FILES:
+        raise MtbenchError(f"{dataset}: unknown split {split!r}; valid: {', '.join(SPLIT_FILES)} (test reads "
+                           "val.txt, the split papers report).")
+    return SPLIT_FILES[split]
+
+
 def ids_hash(ids: Sequence[str]) -> str:
     """Short hash of an id list (order-sensitive, as the split files are)."""
     return hashlib.sha1("\n".join(ids).encode()).hexdigest()[:12]
@@ -143,9 +174,14 @@ class TreeDataset(Dataset):
     """Samples of one split of a tree: `read_raw(id)` -> raw arrays -> `transform` -> Sample.
 
     Indices past `len(self)` are draws of later epochs (`index // len` is the epoch, see
-    mtbench.engine.batching): the random augmentation of a draw is seeded by (seed, epoch, index),
-    so a resumed trial sees exactly the batches an uninterrupted one would.
+    mtbench.engine.batching): the random augmentation of a draw is seeded by (augment_seed, epoch, index),
+    so a resumed trial sees exactly the batches an uninterrupted one would. A `mtbench.protocols.TaskDataset`.
     """
+
+    tasks: tuple[str, ...]
+    variant: str
+    skipped: list[str]
+    augment_seed: int
 
     def __init__(self, *, name: str, root: Path, split: str, tasks: tuple[str, ...], ids: list[str],
                  read_raw: Callable[[str], dict[str, np.ndarray]], transform: Callable, variant: str,

@@ -6,20 +6,25 @@ SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID when a job runs several tasks. Each 
 which equals the gradient of the global batch when every loss is a mean over the same number of
 elements per shard (no ignored pixels) and the model has no batch statistics: BatchNorm normalises each
 shard with its own statistics (SyncBatchNorm would share them), so a BN model trains differently from
-one process on the same global batch. Rank 0 alone tracks, evaluates and writes checkpoints.
+one process on the same global batch. Rank 0 alone tracks, evaluates and writes checkpoints, inside
+`on_main`: the one place where ranks synchronise, so that every rank passes the same points by construction.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import pickle
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from mtbench.errors import MtbenchError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -74,9 +79,47 @@ def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def barrier(env: DistEnv) -> None:
-    if env.enabled:
-        dist.barrier()
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (the model itself when not wrapped)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class RankFailed(RuntimeError):
+    """Rank 0 failed with an error that could not be sent to the other ranks as it was."""
+
+
+def on_main(env: DistEnv, fn: Callable[[], T]) -> T | None:
+    """Run `fn` on rank 0 alone while the other ranks wait, then end every rank the way rank 0 ended.
+
+    Returns fn's value on rank 0 and None elsewhere. When fn raises on rank 0, the same exception is raised
+    on every rank (a pruned trial, a user error), so no rank waits for a rank that has left. Every
+    synchronisation of a trial goes through here: ranks that call the same code pass the same points.
+    """
+    if not env.enabled:
+        return fn()
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except BaseException as err:  # sent to the other ranks, then raised here too
+            error = err
+    message: list[BaseException | None] = [_picklable(error)]
+    dist.broadcast_object_list(message, src=0)
+    if error is not None:
+        raise error
+    if message[0] is not None:
+        raise message[0]
+    return result
+
+
+def _picklable(error: BaseException | None) -> BaseException | None:
+    try:
+        pickle.dumps(error)
+        return error
+    except Exception:  # an exception holding locks, tensors on a device, ...
+        return RankFailed(f"rank 0 failed: {type(error).__name__}: {error}")
 
 
 def teardown(env: DistEnv) -> None:

@@ -12,6 +12,7 @@ from torch import nn
 
 from mtbench.config.schema import ScheduleConfig, TrainConfig
 from mtbench.engine.batching import to_device
+from mtbench.engine.distributed import unwrap
 from mtbench.engine.evaluate import autocast
 from mtbench.errors import MtbenchError
 
@@ -48,16 +49,22 @@ def auxiliary_loss(model: nn.Module, task_losses: dict[str, nn.Module], weights:
                    batch: dict[str, Any]) -> torch.Tensor | None:
     """Deep supervision: the task losses of the model's intermediate predictions, weighted like the final ones.
 
-    A model with deep supervision sets `model.auxiliary` in its training forward to {name: {task: pred}}
-    (e.g. MTI-Net's per-scale initial predictions, InvPT's per-stage ones); predictions smaller than the
-    label are upsampled bilinearly first. Returns sum over names and tasks of w_t * L_t, or None.
+    A model with deep supervision fills `model.auxiliary` (mtbench.protocols.MultiTaskModel) in its training
+    forward with {name: {task: pred}} (e.g. MTI-Net's per-scale initial predictions, InvPT's per-stage
+    ones); predictions smaller than the label are upsampled bilinearly first. Returns the sum over names
+    and tasks of w_t * L_t, or None when there are none.
     """
-    auxiliary = getattr(getattr(model, "module", model), "auxiliary", None)  # DDP keeps the model in .module
+    auxiliary = unwrap(model).auxiliary
     if not auxiliary:
         return None
     total = None
     for preds in auxiliary.values():
         for task, pred in preds.items():
+            if task not in task_losses:
+                raise MtbenchError(
+                    f"the model predicts auxiliary task {task!r} for deep supervision, but this trial does not "
+                    f"load its labels (its tasks: {', '.join(task_losses)}). Add {task!r} to dataset.tasks, or "
+                    "drop it from the model's auxiliary_tasks option.")
             target = batch[task]
             if pred.shape[-2:] != target.shape[-2:]:
                 pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)

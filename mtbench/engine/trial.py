@@ -5,12 +5,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import random
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader
 
 import mtbench
 from mtbench import tracking
-from mtbench.config.schema import TrialConfig
+from mtbench.config.schema import NOT_IDENTITY, TrialConfig
 from mtbench.data import DEFAULT_PROTOCOL, build_dataset
 from mtbench.engine import distributed
 from mtbench.engine.batching import StepBatchSampler, collate
@@ -32,9 +33,10 @@ from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.engine.visualize import prediction_grids
 from mtbench.errors import MtbenchError
 from mtbench.losses import build_task_loss
-from mtbench.metrics import METRIC_DIRECTIONS, build_meter
+from mtbench.metrics import build_meter, metric_direction
 from mtbench.models import build_model
 from mtbench.profiling import measure_cost
+from mtbench.protocols import Meter, TaskDataset
 from mtbench.registry import WEIGHTINGS
 from mtbench.tasks import get_task, resolve_tasks
 
@@ -45,6 +47,8 @@ RESULT = "result.json"
 
 @dataclass
 class TrialResult:
+    """What a launcher gets back from a trial (also written to result.json)."""
+
     key: str
     variant: str
     seed: int
@@ -80,18 +84,23 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the mtbench checkout, or 'unknown' outside git."""
+    """The commit of the mtbench checkout, or 'unknown' for an installed package (not another repo's commit)."""
+    package = Path(mtbench.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(mtbench.__file__).parent)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True, text=True,
+                             timeout=5, cwd=package)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    lines = out.stdout.split()
+    if out.returncode != 0 or len(lines) != 2 or Path(lines[0]).resolve() != package.parent:
+        return "unknown"  # e.g. installed into a virtualenv that lives inside some other git repository
+    return lines[1]
 
 
-def prepare_output(folder: Path) -> None:
-    """Create the trial folder, or fail with a clear message when it cannot be written."""
+def prepare_output(folder: Path, *, fresh: bool, cfg: TrialConfig) -> None:
+    """Create the trial folder (emptied of an earlier attempt unless resuming), or fail clearly if unwritable."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / ".write-test"
@@ -100,6 +109,8 @@ def prepare_output(folder: Path) -> None:
     except OSError as err:
         raise MtbenchError(f"output_dir: cannot write to {str(folder)!r} ({err.strerror}). "
                            "Choose a writable folder with -o output_dir=PATH.") from None
+    if fresh:
+        clear_trial(cfg)
 
 
 @dataclass
@@ -118,26 +129,52 @@ class Selection:
         return False
 
 
-def skipped_tags(datasets: dict[str, Any]) -> dict[str, str]:
+def skipped_tags(datasets: dict[str, TaskDataset]) -> dict[str, str]:
     """Tags naming the ids a dataset dropped (`skip_missing`), so no skip goes unrecorded."""
     tags = {}
     for split, dataset in datasets.items():
-        if getattr(dataset, "skipped", None):
+        if dataset.skipped:
             ids = ",".join(dataset.skipped)
             tags[f"mtbench.skipped_ids.{split}"] = f"{len(dataset.skipped)}: {ids[:4000]}"
     return tags
 
 
 def selection_for(cfg: TrialConfig, tasks: tuple[str, ...]) -> Selection:
-    """The metric that picks the best-on-val checkpoint: configured, or the first task's primary one."""
-    metric = cfg.train.select_metric or get_task(tasks[0]).primary_metric
-    if metric == "edge/odsF":  # validation logs only the balanced-BCE proxy of edge
-        metric = "edge/loss_bce"
-    return Selection(metric, METRIC_DIRECTIONS[metric])
+    """The metric that picks the best-on-val checkpoint: configured, or the first task's validation metric."""
+    metric = cfg.train.select_metric or get_task(tasks[0]).validation_metric
+    return Selection(metric, metric_direction(metric))
 
 
 class PrunedTrial(Exception):
     """Raised by an `on_validate` hook to stop a trial early (a pruned search trial): run KILLED, tagged."""
+
+
+@dataclass
+class BuiltTrial:
+    """What step 1 builds from a TrialConfig; step 2 sets where training starts and the run it logs to."""
+
+    cfg: TrialConfig
+    env: distributed.DistEnv
+    device: torch.device
+    folder: Path
+    tasks: tuple[str, ...]
+    protocol: str | None
+    datasets: dict[str, TaskDataset]
+    img_size: tuple[int, int]
+    model: torch.nn.Module
+    weighting: torch.nn.Module
+    task_losses: dict[str, torch.nn.Module]
+    meters: dict[str, Meter]
+    test_meters: dict[str, Meter]
+    optimizer: torch.optim.Optimizer
+    selection: Selection
+    start_step: int = 0
+    run_id: str | None = None
+
+    def loader(self, split: str) -> DataLoader:
+        """The evaluation loader of `split` (val or test)."""
+        return DataLoader(self.datasets[split], batch_size=self.cfg.train.eval_batch_size, shuffle=False,
+                          collate_fn=collate, num_workers=self.cfg.train.num_workers)
 
 
 def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
@@ -145,8 +182,9 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
               on_validate: Callable[[int, dict[str, float]], None] | None = None) -> TrialResult:
     """Train and test one trial; log it as one MLflow run. With `resume`, continue its last checkpoint.
 
-    `extra_tags` go on the run (a study's name and trial number, a parent run); `on_validate(step,
-    metrics)` sees every validation's metrics and may raise PrunedTrial to stop the trial there.
+    Five steps: build, resume, fit, test, record. `extra_tags` go on the run (a study's name and trial
+    number, a parent run); `on_validate(step, metrics)` sees every validation's metrics and may raise
+    PrunedTrial to stop the trial there (on every rank of a data-parallel trial).
 
     Model selection only ever looks at the val split: the test split is scored once, at the end, with
     the final weights or (train.select: best_val) the weights of the best validation evaluation.
@@ -155,125 +193,187 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
     folder = trial_dir(cfg)
     if resume and (folder / RESULT).is_file():
         return TrialResult(**json.loads((folder / RESULT).read_text()))
-    dist_env = distributed.env_from()
-    device = distributed.setup(dist_env, resolve_device(cfg.train.device))
-    distributed.check_batch(cfg.train.batch_size, dist_env)
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    tracking.check_tracking_uri(uri)
-    if dist_env.is_main:
-        prepare_output(folder)
-        if not resume:
-            clear_trial(cfg)
-    distributed.barrier(dist_env)
+    env = distributed.env_from()
+    device = distributed.setup(env, resolve_device(cfg.train.device))
+    try:
+        distributed.check_batch(cfg.train.batch_size, env)
+        uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+        tracking.check_tracking_uri(uri)
+        distributed.on_main(env, lambda: prepare_output(folder, fresh=not resume, cfg=cfg))
+        trial = build(cfg, env, device, folder)
+        tracker = resume_trial(trial, uri, resume=resume, extra_tags=extra_tags)
+        with closed_on_error(tracker):
+            fit_trial(trial, tracker, on_validate=on_validate, progress=progress)
+            tested = distributed.on_main(env, lambda: test(trial, tracker, progress=progress))
+            result = distributed.on_main(env, lambda: record(trial, tracker, tested, started=started))
+    finally:
+        distributed.teardown(env)
+    # The other ranks of a data-parallel trial only train: rank 0 holds the run and the metrics.
+    return result or TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id="", status="FINISHED")
 
+
+def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, folder: Path) -> BuiltTrial:
+    """Step 1: datasets, model, weighting, losses, meters and optimizer, from the config alone."""
     tasks = resolve_tasks(cfg.dataset.name, cfg.dataset.tasks)
     protocol = cfg.dataset.protocol or DEFAULT_PROTOCOL.get(cfg.dataset.name)
     datasets = {split: build_dataset(cfg.dataset.name, root=cfg.dataset.root, split=split, tasks=list(tasks),
                                      protocol=protocol, **cfg.dataset.options) for split in ("train", "val", "test")}
-    if hasattr(datasets["train"], "augment_seed"):
-        datasets["train"].augment_seed = cfg.seed  # each trial seed draws its own augmentations
+    datasets["train"].augment_seed = cfg.seed  # each trial seed draws its own augmentations
     img_size = tuple(datasets["train"][0]["image"].shape[-2:])
     seed_everything(cfg.seed, device)
     model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
                         pretrained=cfg.model.pretrained, img_size=img_size, **cfg.model.options).to(device)
     weighting = WEIGHTINGS.get(cfg.loss.weighting)(tasks=tasks, weights=cfg.loss.weights).to(device)
-    task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, edge_pos_weight=cfg.loss.edge_pos_weight)
-                   for t in tasks}
+    loss_options = cfg.loss.task_options()
+    task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, **loss_options.get(t, {})) for t in tasks}
     meters = {t: build_meter(t, dataset=cfg.dataset.name) for t in tasks}
-    test_meters = {**meters, **final_test_meters(tasks, cfg.dataset.name)}
-    optimizer = build_optimizer([model, weighting], cfg.train)
-    selection = selection_for(cfg, tasks)
+    return BuiltTrial(cfg=cfg, env=env, device=device, folder=folder, tasks=tasks, protocol=protocol,
+                      datasets=datasets, img_size=img_size, model=model, weighting=weighting, task_losses=task_losses,
+                      meters=meters, test_meters={**meters, **final_test_meters(tasks, cfg.dataset.name)},
+                      optimizer=build_optimizer([model, weighting], cfg.train), selection=selection_for(cfg, tasks))
 
-    checkpoint_path, best_path = folder / CHECKPOINT, folder / BEST
-    state = load_checkpoint(checkpoint_path) if resume and checkpoint_path.is_file() else None
-    start_step, run_id = 0, None
+
+def resume_trial(trial: BuiltTrial, uri: str, *, resume: bool,
+                 extra_tags: dict[str, str] | None) -> tracking.Tracker | None:
+    """Step 2: load the last checkpoint (with `resume`), then open or reopen the trial's run on rank 0."""
+    cfg, path = trial.cfg, trial.folder / CHECKPOINT
+    state = load_checkpoint(path) if resume and path.is_file() else None
     if state is not None:
-        check_same_config(json.loads(state["config"]), cfg.model_dump(), checkpoint_path)
-        model.load_state_dict(state["model"])
-        weighting.load_state_dict(state["weighting"])
-        optimizer.load_state_dict(state["optimizer"])
+        check_same_config(json.loads(state["config"]), cfg, path)
+        trial.model.load_state_dict(state["model"])
+        trial.weighting.load_state_dict(state["weighting"])
+        trial.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"])
-        start_step, run_id = int(state["step"]), state["run_id"]
-        selection.value, selection.step = state["best_value"], state["best_step"]
+        trial.start_step, trial.run_id = int(state["step"]), state["run_id"]
+        trial.selection.value, trial.selection.step = state["best_value"], state["best_step"]
+    return distributed.on_main(trial.env, lambda: start_run(trial, uri, extra_tags))
 
-    if not dist_env.is_main:  # the other ranks of a data-parallel trial only train (no cost count, no run)
-        return train_other_rank(cfg, model, weighting, task_losses, optimizer, datasets["train"], device=device,
-                                start_step=start_step, env=dist_env)
-    cost = measure_cost(model, img_size)
-    tags = {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_VARIANT: cfg.variant,
+
+def start_run(trial: BuiltTrial, uri: str, extra_tags: dict[str, str] | None) -> tracking.Tracker:
+    """Open the trial's MLflow run (the checkpoint's run when resuming) with its tags, params and config."""
+    cfg = trial.cfg
+    cost = measure_cost(trial.model, trial.img_size)
+    tags = {**run_tags(trial), **(extra_tags or {})}
+    tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=trial.run_id)
+    trial.run_id = tracker.run_id
+    resolved = cfg.model_dump()
+    tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(trial.tasks),
+                        "select_metric": trial.selection.metric})
+    tracker.log_dict(resolved, "config.yaml")
+    write_text_atomic(trial.folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    return tracker
+
+
+def run_tags(trial: BuiltTrial) -> dict[str, str]:
+    """What every trial run records about where its numbers come from (DESIGN.md conventions)."""
+    cfg, datasets = trial.cfg, trial.datasets
+    return {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_VARIANT: cfg.variant,
             tracking.TAG_SEED: str(cfg.seed), tracking.TAG_MODEL: cfg.model.name,
             tracking.TAG_DATASET: cfg.dataset.name, tracking.TAG_CHECKPOINT: cfg.train.select,
-            tracking.TAG_METRIC_VARIANTS: json.dumps({t: m.variant for t, m in test_meters.items()}),
-            tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(device),
-            tracking.TAG_TRIAL_ID: cfg.id, **(extra_tags or {}),
+            tracking.TAG_METRIC_VARIANTS: json.dumps({k: m.variant for k, m in trial.test_meters.items()}),
+            tracking.TAG_GIT_COMMIT: git_commit(), tracking.TAG_DEVICE: str(trial.device),
+            tracking.TAG_TRIAL_ID: cfg.id, tracking.TAG_REFERENCE_VARIANT: cfg.reference_variant,
             "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
-            tracking.TAG_DATASET_VARIANT: getattr(datasets["test"], "variant", cfg.dataset.name),
-            tracking.TAG_PROTOCOL: str(protocol),
-            **skipped_tags(datasets),
-            "mtbench.version": mtbench.__version__}
-    tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=run_id)
-    resolved = cfg.model_dump()
-    tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(tasks),
-                        "select_metric": selection.metric})
-    tracker.log_dict(resolved, "config.yaml")
-    write_text_atomic(folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            tracking.TAG_DATASET_VARIANT: datasets["test"].variant, tracking.TAG_PROTOCOL: str(trial.protocol),
+            **skipped_tags(datasets), "mtbench.version": mtbench.__version__}
 
-    eval_loaders = {split: DataLoader(datasets[split], batch_size=cfg.train.eval_batch_size, shuffle=False,
-                                      collate_fn=collate, num_workers=cfg.train.num_workers)
-                    for split in ("val", "test")}
-    train_loader = train_loader_for(cfg, datasets["train"], start_step, dist_env)
+
+def fit_trial(trial: BuiltTrial, tracker: tracking.Tracker | None, *,
+              on_validate: Callable[[int, dict[str, float]], None] | None, progress: Any) -> None:
+    """Step 3: train to `train.steps` on every rank, validating and checkpointing on rank 0, then validate."""
+    cfg, env = trial.cfg, trial.env
+    val_loader = trial.loader("val") if env.is_main else None
 
     def validate(step: int) -> None:
-        metrics = evaluate(model, eval_loaders["val"], meters, device=device, amp=cfg.train.amp,
-                           progress=progress, description=f"val @ {step}")
-        tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
-        if cfg.train.select == "best_val" and selection.improves(metrics):
-            selection.value, selection.step = metrics[selection.metric], step
-            save_checkpoint(best_path, {"model": model.state_dict(), "step": step, "value": selection.value})
-        if on_validate is not None:
-            on_validate(step, metrics)
-        distributed.barrier(dist_env)
+        distributed.on_main(env, lambda: validate_on_main(trial, tracker, val_loader, step, on_validate, progress))
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "weighting": weighting.state_dict(),
-            "optimizer": optimizer.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
-            "best_value": selection.value, "best_step": selection.step,
-            "run_id": tracker.run_id, "config": json.dumps(resolved), "mtbench_version": mtbench.__version__,
-            "git_commit": tags[tracking.TAG_GIT_COMMIT]})
+        distributed.on_main(env, lambda: save_trial_checkpoint(trial, step))
 
+    fit(distributed.wrap(trial.model, env, trial.device), trial.weighting, trial.task_losses,
+        train_loader_for(cfg, trial.datasets["train"], trial.start_step, env), trial.optimizer, cfg.train,
+        device=trial.device, start_step=trial.start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
+        log_fn=tracker.log_metrics if tracker is not None else lambda metrics, step: None,
+        progress=progress if env.is_main else None)
+    validate(cfg.train.steps)
+
+
+def validate_on_main(trial: BuiltTrial, tracker: tracking.Tracker, loader: DataLoader, step: int,
+                     on_validate: Callable[[int, dict[str, float]], None] | None, progress: Any) -> None:
+    """Score the val split, log it, keep the best checkpoint (train.select: best_val), call the hook."""
+    metrics = evaluate(trial.model, loader, trial.meters, device=trial.device, amp=trial.cfg.train.amp,
+                       progress=progress, description=f"val @ {step}")
+    tracker.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
+    selection = trial.selection
+    if trial.cfg.train.select == "best_val" and selection.improves(metrics):
+        selection.value, selection.step = metrics[selection.metric], step
+        save_checkpoint(trial.folder / BEST, {"model": trial.model.state_dict(), "step": step,
+                                              "value": selection.value})
+    if on_validate is not None:
+        on_validate(step, metrics)
+
+
+def save_trial_checkpoint(trial: BuiltTrial, step: int) -> None:
+    """Write everything a resume needs, atomically (the previous file stays until the new one is whole)."""
+    save_checkpoint(trial.folder / CHECKPOINT, {
+        "model": trial.model.state_dict(), "weighting": trial.weighting.state_dict(),
+        "optimizer": trial.optimizer.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
+        "best_value": trial.selection.value, "best_step": trial.selection.step, "run_id": trial.run_id,
+        "config": json.dumps(trial.cfg.model_dump()), "mtbench_version": mtbench.__version__,
+        "git_commit": git_commit()})
+
+
+@dataclass
+class Tested:
+    """Step 4's outcome: the test metrics and the step of the weights they were computed with."""
+
+    metrics: dict[str, float]
+    step: int
+
+
+def test(trial: BuiltTrial, tracker: tracking.Tracker, *, progress: Any) -> Tested:
+    """Step 4: score the test split once, with the final weights or those of the best validation."""
+    cfg = trial.cfg
+    step = cfg.train.steps
+    if cfg.train.select == "best_val":
+        best = load_checkpoint(trial.folder / BEST)
+        trial.model.load_state_dict(best["model"])
+        step = int(best["step"])
+    metrics = evaluate(trial.model, trial.loader("test"), trial.test_meters, device=trial.device, amp=cfg.train.amp,
+                       progress=progress, description="test")
+    tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, cfg.train.steps)
+    return Tested(metrics, step)
+
+
+def record(trial: BuiltTrial, tracker: tracking.Tracker, tested: Tested, *, started: float) -> TrialResult:
+    """Step 5: prediction figures, final metrics and wall time on the run, result.json; run FINISHED."""
+    cfg = trial.cfg
+    for task, figure in prediction_grids(trial.model, trial.loader("val"), trial.tasks, device=trial.device).items():
+        tracker.log_figure(figure, f"predictions/{task}.png")
+    result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id, status="FINISHED",
+                         metrics=tested.metrics, wall_time_s=time.time() - started)
+    tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested.step}, cfg.train.steps)
+    tracker.log_dict({"split": "test", "checkpoint": cfg.train.select, "tested_step": tested.step,
+                      "select_metric": trial.selection.metric, **tested.metrics}, "final_metrics.json")
+    write_text_atomic(trial.folder / RESULT, json.dumps(asdict(result), indent=2))
+    tracker.end("FINISHED")
+    return result
+
+
+@contextmanager
+def closed_on_error(tracker: tracking.Tracker | None) -> Iterator[None]:
+    """End the run KILLED (pruned: tagged; interrupted) or FAILED when the trial stops with an exception."""
     try:
-        fit(distributed.wrap(model, dist_env, device), weighting, task_losses, train_loader, optimizer, cfg.train,
-            device=device, start_step=start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
-            log_fn=tracker.log_metrics, progress=progress)
-        validate(cfg.train.steps)
-        tested_step = cfg.train.steps
-        if cfg.train.select == "best_val":
-            best = load_checkpoint(best_path)
-            model.load_state_dict(best["model"])
-            tested_step = int(best["step"])
-        test_metrics = evaluate(model, eval_loaders["test"], test_meters, device=device, amp=cfg.train.amp,
-                                progress=progress, description="test")
-        tracker.log_metrics({f"test/{k}": v for k, v in test_metrics.items()}, cfg.train.steps)
-        for task, figure in prediction_grids(model, eval_loaders["val"], tasks, device=device).items():
-            tracker.log_figure(figure, f"predictions/{task}.png")
-        result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id,
-                             status="FINISHED", metrics=test_metrics, wall_time_s=time.time() - started)
-        tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested_step}, cfg.train.steps)
-        tracker.log_dict({"split": "test", "checkpoint": cfg.train.select, "tested_step": tested_step,
-                          "select_metric": selection.metric, **test_metrics}, "final_metrics.json")
-        write_text_atomic(folder / RESULT, json.dumps(asdict(result), indent=2))
-        tracker.end("FINISHED")
-        distributed.barrier(dist_env)
-        distributed.teardown(dist_env)
+        yield
     except PrunedTrial:
-        tracker.set_tags({tracking.TAG_PRUNED: "true"})
-        tracker.end("KILLED")
+        if tracker is not None:
+            tracker.set_tags({tracking.TAG_PRUNED: "true"})
+            tracker.end("KILLED")
         raise
     except BaseException as err:
-        tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        if tracker is not None:
+            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
-    return result
 
 
 def train_loader_for(cfg: TrialConfig, dataset: Any, start_step: int, env: distributed.DistEnv) -> DataLoader:
@@ -285,37 +385,22 @@ def train_loader_for(cfg: TrialConfig, dataset: Any, start_step: int, env: distr
     return DataLoader(dataset, collate_fn=collate, num_workers=cfg.train.num_workers, batch_sampler=batches)
 
 
-def train_other_rank(cfg: TrialConfig, model: torch.nn.Module, weighting: torch.nn.Module,
-                     task_losses: dict[str, Any], optimizer: torch.optim.Optimizer, dataset: Any, *,
-                     device: torch.device, start_step: int, env: distributed.DistEnv) -> TrialResult:
-    """A rank > 0 of a data-parallel trial: train its shards in step with rank 0, which does everything else."""
-    fit(distributed.wrap(model, env, device), weighting, task_losses, train_loader_for(cfg, dataset, start_step, env),
-        optimizer, cfg.train, device=device, start_step=start_step,
-        evaluate_fn=lambda step: distributed.barrier(env), checkpoint_fn=lambda step: None,
-        log_fn=lambda metrics, step: None)
-    distributed.barrier(env)  # rank 0's final validation
-    distributed.barrier(env)  # rank 0's test evaluation and result
-    distributed.teardown(env)
-    return TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id="", status="FINISHED",
-                       metrics={}, wall_time_s=0.0)
+def final_test_meters(tasks: tuple[str, ...], dataset: str) -> dict[str, Meter]:
+    """Meters that only the final test evaluation runs because they are slow (`TaskSpec.test_meters`).
 
-
-def final_test_meters(tasks: tuple[str, ...], dataset: str) -> dict[str, Any]:
-    """Meters that only the final test evaluation runs because they are slow: boundary odsF/oisF/AP.
-
-    The published SEISM protocol (8-bit maps, NMS, 101 thresholds), matched in worker processes;
-    validation keeps the balanced-BCE proxy `edge/loss_bce`, which is a loss.
+    Edge's SEISM boundary evaluation (odsF/oisF/AP: 8-bit maps, NMS, 101 thresholds, matched in worker
+    processes); its validation logs the balanced-BCE proxy `edge/loss_bce` instead.
     """
-    if "edge" not in tasks:
-        return {}
-    workers = min(4, os.cpu_count() or 1)
-    return {"edge:odsf_nms": build_meter("edge", dataset=dataset, variant="odsf_nms",
-                                         num_workers=workers if workers > 1 else 0)}
+    return {f"{t}:{v}": build_meter(t, dataset=dataset, variant=v) for t in tasks for v in get_task(t).test_meters}
 
 
-def check_same_config(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
-    """Refuse to resume a checkpoint written under another config: its numbers would match neither."""
-    old, new = tracking.flatten_config(saved), tracking.flatten_config(current)
+def check_same_config(saved: dict[str, Any], current: TrialConfig, path: Path) -> None:
+    """Refuse to resume a checkpoint written under another config: its numbers would match neither.
+
+    Only what decides the numbers counts (`TrialConfig.identity`): moving output_dir or the tracking
+    store, or naming another Δm reference, does not stop a resume."""
+    saved = {k: v for k, v in saved.items() if k not in NOT_IDENTITY}
+    old, new = tracking.flatten_config(saved), tracking.flatten_config(current.identity())
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])

@@ -10,30 +10,31 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from mtbench.engine.batching import to_device
+from mtbench.tasks import get_task
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406])
 IMAGENET_STD = np.array([0.229, 0.224, 0.225])
 
 
 def _show_label(task: str, value: torch.Tensor, is_target: bool) -> tuple[np.ndarray, dict[str, Any]]:
-    """Turn one (C, H, W) prediction or one target into an array and imshow options."""
-    if task in ("semseg", "human_parts"):
-        labels = value if is_target else value.argmax(0)
-        labels = labels.squeeze().float().numpy()
-        labels = np.ma.masked_where(labels == 255, labels)
-        return labels, {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}
-    if task == "normals":
+    """Turn one (C, H, W) prediction or one target into an array and imshow options (`TaskSpec.display`)."""
+    spec = get_task(task)
+    if spec.display == "direction_rgb":  # unit vectors as RGB, (n + 1) / 2
         n = value.float()
         n = n / n.norm(dim=0, keepdim=True).clamp_min(1e-6)
         return ((n.permute(1, 2, 0).numpy() + 1) / 2).clip(0, 1), {}
-    if task == "depth":
+    if spec.display == "scalar_map":
         return value.squeeze().float().clamp_min(0).numpy(), {"cmap": "viridis"}
-    # edge and sal: probabilities of the positive class
+    if spec.display == "labels":
+        labels = (value if is_target else value.argmax(0)).squeeze().float().numpy()
+        options = {"cmap": "tab20", "vmin": 0, "vmax": 19, "interpolation": "nearest"}
+        return np.ma.masked_where(labels == spec.ignore, labels), options
+    # "probability": of the positive class, from one logit or a 2-channel softmax head
     v = value.float()
     if not is_target:
         v = v.softmax(0)[1] if v.shape[0] == 2 else torch.sigmoid(v[0])
     v = v.squeeze().numpy()
-    return np.ma.masked_where(v == 255, v), {"cmap": "gray", "vmin": 0, "vmax": 1}
+    return np.ma.masked_where(v == spec.ignore, v), {"cmap": "gray", "vmin": 0, "vmax": 1}
 
 
 @torch.no_grad()

@@ -7,10 +7,13 @@ docstring lists its variants and the code each one reproduces.
 Metric names: a reference meter logs `task/metric` (`sal/maxF`); a named variant logs
 `task/metric-variant` (`sal/maxF-invpt`, `semseg/mIoU-libmtl`, `normals/mean-mtinet_png`), so numbers
 computed under different definitions never share a column. An alias of the reference (sal's `atrc`)
-logs the plain names. `variant_metric_name` builds a name, `split_metric_name` takes it apart, and
-`METRIC_DIRECTIONS` gives a direction for every name a meter can log: each `task/metric` under each
-registered variant of the task inherits the direction of `task/metric` (so it also lists a few names no
-meter reports, such as `depth/rmse-mtan`). Variant names are snake_case and never hold the dash.
+logs the plain names. `variant_metric_name` builds a name, `split_metric_name` takes it apart.
+
+Directions: each meter declares whether higher is better for every `task/metric` it reports where it is
+registered (`mtbench.registry.register_meter(..., directions=...)`). `metric_direction(name)` reads it for
+any name a meter can log: each `task/metric` under each named variant of the task has the direction of
+`task/metric` (so it also resolves a few names no meter reports, such as `depth/rmse-mtan`);
+`metric_directions(tasks)` lists the declared keys. Variant names are snake_case and never hold the dash.
 """
 
 from __future__ import annotations
@@ -21,32 +24,20 @@ from typing import Any
 
 from mtbench.errors import MtbenchError
 from mtbench.metrics import depth, edge, normals, saliency, segmentation  # noqa: F401  (registers meters)
-from mtbench.metrics.delta_m import METRIC_DIRECTIONS, aggregate_seeds, delta_m
-from mtbench.metrics.meter import Meter, split_metric_name, variant_metric_name
+from mtbench.metrics.delta_m import aggregate_seeds, delta_m
+from mtbench.metrics.meter import (
+    REFERENCE,
+    Meter,
+    metric_direction,
+    metric_directions,
+    split_metric_name,
+    variant_metric_name,
+)
 from mtbench.registry import METERS
 from mtbench.tasks import get_task
 
-__all__ = ["METRIC_DIRECTIONS", "Meter", "aggregate_seeds", "build_meter", "delta_m", "meter_variants",
-           "split_metric_name", "variant_metric_name"]
-
-REFERENCE = "reference"
-
-# Metrics that only named variants report (delta_m.py lists those of the reference meters).
-METRIC_DIRECTIONS.update({"sal/mIoU": True, "depth/abs_err": False, "edge/oisF": True, "edge/AP": True})
-
-
-def _add_variant_directions() -> None:
-    """Give every `task/metric-variant` name of a registered variant the direction of `task/metric`."""
-    for key in METERS.names():
-        task, _, variant = key.partition(":")
-        if not variant or METERS.get(key) is METERS.get(task):  # the reference, or an alias of it
-            continue
-        for name, higher_is_better in list(METRIC_DIRECTIONS.items()):
-            if name.startswith(f"{task}/") and split_metric_name(name)[1] is None:
-                METRIC_DIRECTIONS[variant_metric_name(name, variant)] = higher_is_better
-
-
-_add_variant_directions()
+__all__ = ["REFERENCE", "Meter", "aggregate_seeds", "build_meter", "delta_m", "meter_variants", "metric_direction",
+           "metric_directions", "split_metric_name", "variant_metric_name"]
 
 
 def meter_variants(task: str) -> list[str]:
@@ -69,8 +60,8 @@ def build_meter(task: str, *, dataset: str | None = None, variant: str | None = 
         close = difflib.get_close_matches(name, valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise MtbenchError(f"unknown {task} metric variant {name!r}{hint}; valid: {', '.join(valid)}.")
-    builder = METERS.get(key)
-    accepted = [p for p in inspect.signature(builder).parameters if p != "dataset"]
+    build = METERS.get(key).build
+    accepted = [p for p in inspect.signature(build).parameters if p not in ("dataset", "variant")]
     for opt in options:
         if opt not in accepted:
             close = difflib.get_close_matches(opt, accepted, n=1)
@@ -78,6 +69,4 @@ def build_meter(task: str, *, dataset: str | None = None, variant: str | None = 
             valid = ", ".join(accepted) or "none"
             raise MtbenchError(f"unknown option {opt!r} for the {task} meter ({name}).{hint} "
                                f"Its options: {valid}.")
-    meter = builder(dataset=dataset, **options)
-    meter.variant = name
-    return meter
+    return build(dataset=dataset, variant=name, **options)

@@ -57,7 +57,7 @@ Known differences to SEISM:
   which a meter does not see: the meter's default scores the edge target (thinned) instead, whose pixels lie
   within one pixel of SEISM's; pass the LabelMaps to `evaluate_boundaries(gt_as_segmentation=True)` for
   SEISM's exact ground truth.
-- Ignored pixels (255) and padding: each image is cropped to the bounding box of its non-ignored pixels
+- Ignored pixels (IGNORE) and padding: each image is cropped to the bounding box of its non-ignored pixels
   (the image before centred padding, as ATRC's `save_predictions` crops), the diagonal is that crop's, and
   ignored pixels left inside it are removed from both maps after NMS. SEISM has no ignore label.
 - The split-level numbers are not rounded (SEISM prints `%0.3f`).
@@ -77,6 +77,7 @@ from scipy.sparse import csr_array
 from scipy.sparse.csgraph import maximum_flow
 
 from mtbench.errors import MtbenchError
+from mtbench.tasks import IGNORE
 from mtbench.thinning import thin
 
 # maxDist per dataset family (SEISM `scripts/eval_method.m`), as a fraction of the image diagonal.
@@ -87,7 +88,6 @@ RAW_THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 1
 NMS_THRESHOLDS: tuple[float, ...] = (0.001, *RAW_THRESHOLDS, 0.999)
 # Column order of the count arrays: SEISM's cntR, sumR, cntP, sumP.
 COUNT_COLUMNS = ("cntR", "sumR", "cntP", "sumP")
-IGNORE = 255
 
 
 # ------------------------------------------------------------------------------------ ground truth, NMS
@@ -289,8 +289,8 @@ def _check_pair(pred: np.ndarray, gt: np.ndarray, i: int) -> None:
 def image_counts(pred: np.ndarray, gt: np.ndarray, protocol: BoundaryProtocol) -> np.ndarray | None:
     """Return the (T, 4) int64 counts (cntR, sumR, cntP, sumP) of one image at each threshold.
 
-    `pred`: (H, W) float probabilities in [0, 1]. `gt`: (H, W) boundary map in {0, 1} with 255 = ignore
-    (a label map when `protocol.gt_as_segmentation`, with 255 still meaning ignore). Returns None when every
+    `pred`: (H, W) float probabilities in [0, 1]. `gt`: (H, W) boundary map in {0, 1} with IGNORE = ignore
+    (a label map when `protocol.gt_as_segmentation`, with IGNORE still meaning ignore). Returns None when every
     pixel is ignored.
     """
     valid = gt != IGNORE
@@ -439,7 +439,7 @@ def evaluate_boundaries(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], 
     """Score boundary maps with the SEISM protocol; return odsF, oisF, AP (percent) and the ODS point.
 
     `preds`: (H, W) float probability maps in [0, 1] (sigmoid of the logits). `gts`: (H, W) boundary maps in
-    {0, 1} with 255 = ignore, or label maps with `gt_as_segmentation=True`. `max_dist`: fraction of the
+    {0, 1} with IGNORE = ignore, or label maps with `gt_as_segmentation=True`. `max_dist`: fraction of the
     diagonal (`MAX_DIST[family]`). Raw convention: `thresholds=RAW_THRESHOLDS, nms=False`; published SEISM
     convention: `thresholds=NMS_THRESHOLDS, nms=True, quantize=True`. `num_workers` > 0 matches images in
     that many processes; 0 runs here. To score a subset (PASCAL-Context `test_new`), pass only its images,

@@ -7,20 +7,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 
 from mtbench.errors import MtbenchError
-from mtbench.metrics.meter import split_metric_name
+from mtbench.metrics.meter import metric_direction, split_metric_name
 from mtbench.tasks import get_task
-
-# Direction of every metric key a meter (or the boundary evaluation) reports: True = higher is better.
-METRIC_DIRECTIONS: dict[str, bool] = {
-    "semseg/mIoU": True, "semseg/pixel_acc": True,
-    "human_parts/mIoU": True, "human_parts/pixel_acc": True,
-    "sal/maxF": True,
-    "depth/rmse": False, "depth/log_rmse": False, "depth/abs_rel": False, "depth/sq_rel": False,
-    "normals/mean": False, "normals/median": False, "normals/rmse": False,
-    "normals/11.25": True, "normals/22.5": True, "normals/30": True,
-    "edge/loss_bce": False, "edge/odsF": True,
-}
-
 
 DELTA_M_VARIANTS = ("mtl", "libmtl")
 
@@ -33,7 +21,7 @@ def delta_m(results: Mapping[str, float], reference: Mapping[str, float], *, tas
         Δm = (100 / T) · Σ_t s_t · (M_t − B_t) / B_t,
     with M_t the task's primary metric in `results`, B_t the same metric in `reference` (single-task
     runs of the same protocol, or a published row), s_t = +1 when higher is better and −1 otherwise
-    (METRIC_DIRECTIONS). The metric is `mtbench.tasks.get_task(t).primary_metric` unless `metrics`
+    (`metric_direction`). The metric is `mtbench.tasks.get_task(t).primary_metric` unless `metrics`
     maps the task to another key (e.g. {"sal": "sal/maxF-mtinet"}).
 
     `libmtl` (LibMTL `count_improvement`): each task first averages s · (M − B) / B over all of its
@@ -75,10 +63,10 @@ def delta_m(results: Mapping[str, float], reference: Mapping[str, float], *, tas
 
 def _relative_change(task: str, key: str, results: Mapping[str, float], reference: Mapping[str, float]) -> float:
     """s · (M − B) / B for one metric, with the checks that make a wrong Δm impossible to miss."""
-    base = split_metric_name(key)[0]  # a named variant (`sal/maxF-invpt`) has its definition's direction
-    if base not in METRIC_DIRECTIONS:
-        raise MtbenchError(f"delta_m: metric {key!r} of task {task!r} has no known direction; "
-                           f"known metrics: {', '.join(sorted(METRIC_DIRECTIONS))}.")
+    try:
+        _direction(key)
+    except MtbenchError as err:
+        raise MtbenchError(f"delta_m: metric {key!r} of task {task!r} has no known direction: {err}") from None
     for name, values in (("results", results), ("reference", reference)):
         if key not in values:
             raise MtbenchError(f"delta_m: task {task!r} has no {key!r} in the {name}; log it, pick "
@@ -94,7 +82,12 @@ def _relative_change(task: str, key: str, results: Mapping[str, float], referenc
 
 def signed_change(key: str, value: float, base: float) -> float:
     """s · (M − B) / B for metric `key` (a fraction; > 0 = better than B): one task's term of Δm."""
-    return (1.0 if METRIC_DIRECTIONS[split_metric_name(key)[0]] else -1.0) * (float(value) - base) / base
+    return (1.0 if _direction(key) else -1.0) * (float(value) - base) / base
+
+
+def _direction(key: str) -> bool:
+    """The direction of `key`'s definition: a named variant (`sal/maxF-invpt`) has that of `sal/maxF`."""
+    return metric_direction(split_metric_name(key)[0])
 
 
 def aggregate_seeds(values: Sequence[float]) -> dict[str, float]:

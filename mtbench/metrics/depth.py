@@ -20,10 +20,9 @@ import math
 import torch
 from torch import Tensor
 
-from mtbench.losses import check_task_tensors
 from mtbench.metrics.meter import Meter, check_finite
 from mtbench.metrics.normals import median
-from mtbench.registry import METERS
+from mtbench.registry import register_meter
 from mtbench.tasks import get_task
 
 # Predictions are clamped to this before every error (natural log included), as the reference meters do:
@@ -33,7 +32,7 @@ MIN_DEPTH = 1e-9
 
 
 def _check(pred: Tensor, target: Tensor) -> None:
-    check_task_tensors("depth", pred, target, channels=1)
+    get_task("depth").check_tensors(pred, target, channels=1)
     check_finite("depth", pred)
     check_finite("depth", target, name="target")
 
@@ -184,22 +183,26 @@ def _check_dataset(dataset: str | None) -> None:
         get_task("depth").num_outputs(dataset)
 
 
-@METERS.register("depth")
-def depth(*, dataset: str | None) -> DepthMeter:
+# Every depth error: lower is better.
+_RMSE = {"depth/rmse": False, "depth/log_rmse": False}
+
+
+@register_meter("depth", directions={**_RMSE, "depth/abs_rel": False, "depth/sq_rel": False})
+def depth(*, dataset: str | None, variant: str) -> DepthMeter:
     """Reference depth meter: pooled rmse, log_rmse, abs_rel, sq_rel over gt > 0."""
     _check_dataset(dataset)
-    return DepthMeter()
+    return DepthMeter(variant=variant)
 
 
-@METERS.register("depth:astmt")
-def depth_astmt(*, dataset: str | None) -> PerImageDepthMeter:
+@register_meter("depth:astmt", directions=_RMSE)
+def depth_astmt(*, dataset: str | None, variant: str) -> PerImageDepthMeter:
     """ASTMT / early MTI-Net depth meter: mean of per-image rmse, median of per-image log_rmse."""
     _check_dataset(dataset)
-    return PerImageDepthMeter()
+    return PerImageDepthMeter(variant=variant)
 
 
-@METERS.register("depth:mtan")
-def depth_mtan(*, dataset: str | None) -> PerBatchDepthMeter:
+@register_meter("depth:mtan", directions={"depth/abs_err": False, "depth/abs_rel": False})
+def depth_mtan(*, dataset: str | None, variant: str) -> PerBatchDepthMeter:
     """MTAN's depth meter: per-batch mean absolute and relative error, averaged over batches."""
     _check_dataset(dataset)
-    return PerBatchDepthMeter()
+    return PerBatchDepthMeter(variant=variant)

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtbench.balanced_bce import balanced_bce_sum
 from mtbench.errors import MtbenchError
-from mtbench.losses import DEFAULT_EDGE_POS_WEIGHT, IGNORE_INDEX, balanced_bce_sum, check_task_tensors
 from mtbench.metrics.boundary import (
     MAX_DIST,
     NMS_THRESHOLDS,
@@ -22,24 +22,28 @@ from mtbench.metrics.boundary import (
     worker_pool,
 )
 from mtbench.metrics.meter import Meter, check_finite
-from mtbench.registry import METERS
-from mtbench.tasks import DATASET_FAMILY, get_task
+from mtbench.registry import register_meter
+from mtbench.tasks import DATASET_FAMILY, IGNORE, get_task
+
+# The edge training loss's default positive weight, which the loss proxy uses unless given another.
+DEFAULT_POS_WEIGHT = float(get_task("edge").loss_options["pos_weight"])
 
 
 class EdgeLossMeter(Meter):
     """`edge/loss_bce`: Σ over valid pixels of w·y·ℓ⁺ + (1−w)·(1−y)·ℓ⁻, divided by the split's valid pixels.
 
-    The same weighted BCE as the edge training loss (`mtbench.losses.balanced_bce_sum`, w = 0.95 unless
-    given), pooled per pixel like MTI-Net's and InvPT's `evaluation/eval_edge.py::EdgeMeter` (their
-    per-batch mean times its pixel count). Unlike those, it reads the raw logits: they pass the 8-bit
-    saved prediction / 255, a probability, to a with-logits loss. Lower is better. The boundary F-measure
-    (odsF) needs the SEISM-style matching evaluation, which this is not.
+    The same weighted BCE as the edge training loss (`mtbench.balanced_bce.balanced_bce_sum`, w = the edge
+    task's loss option `pos_weight`, 0.95, unless given), pooled per pixel like MTI-Net's and InvPT's
+    `evaluation/eval_edge.py::EdgeMeter` (their per-batch mean times its pixel count). Unlike those, it
+    reads the raw logits: they pass the 8-bit saved prediction / 255, a probability, to a with-logits loss.
+    Lower is better. The boundary F-measure (odsF) needs the SEISM-style matching evaluation, which this is
+    not.
     """
 
     task = "edge"
 
-    def __init__(self, pos_weight: float = DEFAULT_EDGE_POS_WEIGHT) -> None:
-        super().__init__()
+    def __init__(self, pos_weight: float = DEFAULT_POS_WEIGHT, *, variant: str) -> None:
+        super().__init__(variant=variant)
         if not 0.0 < pos_weight < 1.0:
             raise MtbenchError(f"edge meter: pos_weight must lie strictly between 0 and 1; got {pos_weight!r}.")
         self.pos_weight = float(pos_weight)
@@ -53,7 +57,7 @@ class EdgeLossMeter(Meter):
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        check_task_tensors(self.task, pred, target, channels=1)
+        get_task(self.task).check_tensors(pred, target, channels=1)
         check_finite(self.task, pred)
         total, n = balanced_bce_sum(pred.float(), target.float(), self.pos_weight)
         state = self._state_on(pred.device)
@@ -64,19 +68,19 @@ class EdgeLossMeter(Meter):
         return {"edge/loss_bce": float(state["loss_sum"]) / float(state["n"])}
 
 
-@METERS.register("edge")
-def edge(*, dataset: str | None, pos_weight: float = DEFAULT_EDGE_POS_WEIGHT) -> EdgeLossMeter:
+@register_meter("edge", directions={"edge/loss_bce": False})
+def edge(*, dataset: str | None, variant: str, pos_weight: float = DEFAULT_POS_WEIGHT) -> EdgeLossMeter:
     """Reference edge meter: the balanced-BCE loss proxy `edge/loss_bce` (not odsF)."""
     if dataset is not None:
         get_task("edge").num_outputs(dataset)
-    return EdgeLossMeter(pos_weight)
+    return EdgeLossMeter(pos_weight, variant=variant)
 
 
 class BoundaryMeter(Meter):
     """`edge/odsF`, `edge/oisF`, `edge/AP` (percent; `-<metric_variant>` appended, e.g. `-odsf_raw`), SEISM protocol.
 
     `update(pred, target)`: pred (B, 1, H, W) logits (scored as sigmoid probabilities), target (B, 1, H, W)
-    float in {0, 1} with 255 = ignore; each image is cropped to its non-ignored box (the image before
+    float in {0, 1} with IGNORE = ignore; each image is cropped to its non-ignored box (the image before
     padding). The state is one row of counts (cntR, sumR, cntP, sumP) per threshold and image,
     `counts` (N, T, 4) int64 on the CPU (an image whose pixels are all ignored adds no row), concatenated
     across processes: summing its rows gives odsF and AP, each row's best threshold gives oisF. With
@@ -91,8 +95,9 @@ class BoundaryMeter(Meter):
     task = "edge"
     concat_states = frozenset({"counts"})
 
-    def __init__(self, protocol: BoundaryProtocol, *, num_workers: int = 0, metric_variant: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, protocol: BoundaryProtocol, *, variant: str, num_workers: int = 0,
+                 metric_variant: str | None = None) -> None:
+        super().__init__(variant=variant)
         if num_workers < 0:
             raise MtbenchError(f"edge meter: num_workers must be >= 0; got {num_workers}.")
         self.protocol = protocol
@@ -151,12 +156,12 @@ class BoundaryMeter(Meter):
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        check_task_tensors(self.task, pred, target, channels=1)
+        get_task(self.task).check_tensors(pred, target, channels=1)
         check_finite(self.task, pred)
         labels = target.detach()
-        bad = (labels != 0) & (labels != 1) & (labels != IGNORE_INDEX)
+        bad = (labels != 0) & (labels != 1) & (labels != IGNORE)
         if bool(bad.any()):
-            raise MtbenchError(f"edge: the target must hold 0, 1 or {IGNORE_INDEX} (ignore); got "
+            raise MtbenchError(f"edge: the target must hold 0, 1 or {IGNORE} (ignore); got "
                                f"{labels[bad].flatten()[0].item()!r}.")
         probs = torch.sigmoid(pred.detach().float())[:, 0].cpu().numpy()
         gts = labels[:, 0].to(torch.uint8).cpu().numpy()
@@ -179,7 +184,7 @@ class BoundaryMeter(Meter):
         return {f"edge/{name}": scores[name] for name in ("odsF", "oisF", "AP")}
 
 
-def _boundary_meter(dataset: str | None, *, thresholds: Sequence[float], nms: bool, quantize: bool,
+def _boundary_meter(dataset: str | None, variant: str, *, thresholds: Sequence[float], nms: bool, quantize: bool,
                     max_dist: float | None, thin_gt: bool, gt_as_segmentation: bool | None, num_workers: int,
                     metric_variant: str | None) -> BoundaryMeter:
     family = None
@@ -195,11 +200,15 @@ def _boundary_meter(dataset: str | None, *, thresholds: Sequence[float], nms: bo
         gt_as_segmentation = family == "nyud"
     protocol = BoundaryProtocol(max_dist=float(max_dist), thresholds=tuple(thresholds), nms=nms,
                                 quantize=quantize, thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation)
-    return BoundaryMeter(protocol, num_workers=num_workers, metric_variant=metric_variant)
+    return BoundaryMeter(protocol, variant=variant, num_workers=num_workers, metric_variant=metric_variant)
 
 
-@METERS.register("edge:odsf_nms")
-def edge_odsf_nms(*, dataset: str | None, num_workers: int = 0, max_dist: float | None = None,
+# SEISM's boundary F-measures and average precision: higher is better.
+BOUNDARY_DIRECTIONS = {"edge/odsF": True, "edge/oisF": True, "edge/AP": True}
+
+
+@register_meter("edge:odsf_nms", directions=BOUNDARY_DIRECTIONS)
+def edge_odsf_nms(*, dataset: str | None, variant: str, num_workers: int = 0, max_dist: float | None = None,
                   quantize: bool = True, thin_gt: bool = True,
                   gt_as_segmentation: bool | None = None) -> BoundaryMeter:
     """Published SEISM protocol: 8-bit map, NMS, 101 thresholds; logs `edge/odsF`, `edge/oisF`, `edge/AP`.
@@ -207,17 +216,17 @@ def edge_odsf_nms(*, dataset: str | None, num_workers: int = 0, max_dist: float 
     maxDist from the dataset family (NYUD 0.011, PASCAL-Context 0.0075) unless `max_dist` is given;
     `gt_as_segmentation` defaults to SEISM's choice (True on NYUD, False on PASCAL-Context).
     """
-    return _boundary_meter(dataset, thresholds=NMS_THRESHOLDS, nms=True, quantize=quantize, max_dist=max_dist,
+    return _boundary_meter(dataset, variant, thresholds=NMS_THRESHOLDS, nms=True, quantize=quantize, max_dist=max_dist,
                            thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation, num_workers=num_workers,
                            metric_variant=None)
 
 
-@METERS.register("edge:odsf_raw")
-def edge_odsf_raw(*, dataset: str | None, num_workers: int = 0, max_dist: float | None = None,
+@register_meter("edge:odsf_raw", directions=BOUNDARY_DIRECTIONS)
+def edge_odsf_raw(*, dataset: str | None, variant: str, num_workers: int = 0, max_dist: float | None = None,
                   quantize: bool = False, thin_gt: bool = True,
                   gt_as_segmentation: bool | None = None) -> BoundaryMeter:
     """Raw-map protocol: 99 thresholds 0.01..0.99 on the probabilities, no NMS; logs `edge/odsF-odsf_raw`,
     `edge/oisF-odsf_raw`, `edge/AP-odsf_raw`. Options as `edge:odsf_nms`."""
-    return _boundary_meter(dataset, thresholds=RAW_THRESHOLDS, nms=False, quantize=quantize, max_dist=max_dist,
+    return _boundary_meter(dataset, variant, thresholds=RAW_THRESHOLDS, nms=False, quantize=quantize, max_dist=max_dist,
                            thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation, num_workers=num_workers,
                            metric_variant="odsf_raw")

@@ -1,18 +1,25 @@
 """The Meter interface: reset / update / compute over a split, with a state that processes can merge.
 
 Metric names are `task/metric` for a reference definition and `task/metric-variant` for a named variant
-(`variant_metric_name`); see the package docstring of `mtbench.metrics`.
+(`variant_metric_name`); see the package docstring of `mtbench.metrics`. A metric's direction is declared
+where its meter is registered (`register_meter(..., directions=...)`); `metric_direction` reads it.
 """
 
 from __future__ import annotations
 
+import difflib
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from mtbench.errors import MtbenchError
+from mtbench.registry import METERS
+
+# The name of every task's reference meter (registered under the bare task key).
+REFERENCE = "reference"
 
 # Joins a metric key and the variant that computed it: `sal/maxF-invpt`. No task, metric or variant name
 # holds a dash, so the split is unambiguous, and MLflow accepts it in metric names on every OS (it refuses
@@ -31,6 +38,56 @@ def split_metric_name(name: str) -> tuple[str, str | None]:
     return (key, variant) if sep else (key, None)
 
 
+def metric_directions(tasks: Iterable[str] | None = None) -> dict[str, bool]:
+    """Return {'task/metric': higher is better} for every key a registered meter declares (of `tasks` only).
+
+    Plain keys, without variant suffixes; a new dict on every call, built from `METERS`, so nothing
+    module-level is ever changed. Two meters that declare one key with opposite directions are an error.
+    """
+    wanted = None if tasks is None else set(tasks)
+    out: dict[str, bool] = {}
+    owner: dict[str, str] = {}
+    for key in METERS.names():
+        if wanted is not None and key.partition(":")[0] not in wanted:
+            continue
+        for name, higher_is_better in METERS.get(key).directions.items():
+            if out.setdefault(name, higher_is_better) is not higher_is_better:
+                raise MtbenchError(f"meters {owner[name]!r} and {key!r} declare opposite directions for {name!r}.")
+            owner.setdefault(name, key)
+    return out
+
+
+def named_variants(task: str) -> list[str]:
+    """Return the variants of `task` whose metric names may carry their suffix: every registered
+    `task:variant` except aliases of the reference (sal's `atrc` logs the plain names)."""
+    reference = METERS.get(task) if task in METERS else None
+    return [key.partition(":")[2] for key in METERS.names()
+            if key.startswith(f"{task}:") and METERS.get(key) is not reference]
+
+
+def metric_direction(name: str) -> bool:
+    """Return whether higher is better for logged metric `name`: 'depth/rmse' or 'sal/maxF-invpt'.
+
+    A plain key has the direction its meter declares; `task/metric-variant` has the direction of
+    `task/metric` for every named variant of the task (`named_variants`), also for a metric that variant
+    does not report itself (`depth/rmse-mtan`). Raises MtbenchError listing the known metrics otherwise.
+    """
+    key, variant = split_metric_name(name)
+    task = key.partition("/")[0]
+    directions = metric_directions([task])
+    if key in directions and (variant is None or variant in named_variants(task)):
+        return directions[key]
+    known = sorted(metric_directions())
+    if key not in directions:
+        close = difflib.get_close_matches(key, known, n=1)
+        why = f"no registered meter declares {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    else:
+        valid = ", ".join(named_variants(task)) or "none"
+        why = f"{variant!r} is not a named metric variant of {task} (those are: {valid})"
+    raise MtbenchError(f"unknown metric {name!r}: {why}. Known metrics: {', '.join(known)}, each also "
+                       f"as 'task/metric{VARIANT_SEPARATOR}<variant>' for its task's named variants.")
+
+
 class Meter(ABC):
     """Accumulate one task's sufficient statistics over a split, then compute its metrics.
 
@@ -45,11 +102,12 @@ class Meter(ABC):
     """
 
     task: str
-    variant: str = "reference"  # the name the meter was built under (build_meter sets it)
+    variant: str  # the name the meter was built under ("reference", "invpt", ...), given to the constructor
     metric_variant: str | None = None  # the variant named in the metric keys; None for the reference
     concat_states: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self) -> None:
+    def __init__(self, *, variant: str) -> None:
+        self.variant = variant
         self._state: dict[str, Tensor] | None = None
 
     def reset(self) -> None:

@@ -16,9 +16,8 @@ import math
 import torch
 from torch import Tensor
 
-from mtbench.losses import check_task_tensors
 from mtbench.metrics.meter import Meter, check_finite
-from mtbench.registry import METERS
+from mtbench.registry import register_meter
 from mtbench.tasks import get_task
 
 ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
@@ -102,8 +101,8 @@ class NormalsMeter(Meter):
     task = "normals"
     concat_states = frozenset({"angles"})
 
-    def __init__(self, *, quantize_8bit: bool = False, metric_variant: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, variant: str, quantize_8bit: bool = False, metric_variant: str | None = None) -> None:
+        super().__init__(variant=variant)
         self.quantize_8bit = quantize_8bit
         self.metric_variant = metric_variant
         self._chunks: list[Tensor] = []
@@ -131,7 +130,7 @@ class NormalsMeter(Meter):
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        check_task_tensors(self.task, pred, target, channels=3)
+        get_task(self.task).check_tensors(pred, target, channels=3)
         check_finite(self.task, pred)
         check_finite(self.task, target, name="target")
         g, g_norm = _normalize(*target.float().unbind(1))
@@ -153,17 +152,25 @@ class NormalsMeter(Meter):
         return out
 
 
-@METERS.register("normals")
-def normals(*, dataset: str | None) -> NormalsMeter:
+# Angular errors: lower is better; % of pixels under a threshold: higher is better.
+DIRECTIONS = {"normals/mean": False, "normals/median": False, "normals/rmse": False,
+              **{f"normals/{t:g}": True for t in ANGLE_THRESHOLDS}}
+
+
+def _check_dataset(dataset: str | None) -> None:
+    if dataset is not None:
+        get_task("normals").num_outputs(dataset)
+
+
+@register_meter("normals", directions=DIRECTIONS)
+def normals(*, dataset: str | None, variant: str) -> NormalsMeter:
     """Reference normals meter: angular mean, median, rmse and % under 11.25/22.5/30 degrees."""
-    if dataset is not None:
-        get_task("normals").num_outputs(dataset)
-    return NormalsMeter()
+    _check_dataset(dataset)
+    return NormalsMeter(variant=variant)
 
 
-@METERS.register("normals:mtinet_png")
-def normals_mtinet_png(*, dataset: str | None) -> NormalsMeter:
+@register_meter("normals:mtinet_png", directions=DIRECTIONS)
+def normals_mtinet_png(*, dataset: str | None, variant: str) -> NormalsMeter:
     """MTI-Net's offline normals meter: the same metrics on predictions saved as 8-bit PNG."""
-    if dataset is not None:
-        get_task("normals").num_outputs(dataset)
-    return NormalsMeter(quantize_8bit=True, metric_variant="mtinet_png")
+    _check_dataset(dataset)
+    return NormalsMeter(variant=variant, quantize_8bit=True, metric_variant="mtinet_png")

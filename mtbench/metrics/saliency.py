@@ -13,8 +13,8 @@ Variants (PROTOCOLS.md "Metrics"); p is the foreground probability (`saliency_pr
   per image, averaged over images per threshold, F with β = 1 on the mean precision and mean recall, max
   over t; plus `sal/mIoU-mtinet` = max over t of the mean IoU
   (SimonVandenhende/Multi-Task-Learning-PyTorch: evaluation/eval_sal.py::SaliencyMeter,
-  evaluation/jaccard.py::jaccard, ::precision_recall). Ignored pixels (255) are void there (MTI-Net's own
-  call passes no void mask, so its 255s would count as foreground; its resized inputs hold none). This is
+  evaluation/jaccard.py::jaccard, ::precision_recall). Ignored pixels (IGNORE) are void there (MTI-Net's own
+  call passes no void mask, so its ignored pixels would count as foreground; its resized inputs hold none). This is
   MTI-Net's online meter on float p; its offline `eval_sal` scores p saved as an 8-bit PNG (truncated to
   k/255), which this variant does not reproduce.
 
@@ -28,10 +28,9 @@ import torch
 from torch import Tensor
 
 from mtbench.errors import MtbenchError
-from mtbench.losses import IGNORE_INDEX, check_task_tensors
 from mtbench.metrics.meter import Meter, check_finite
-from mtbench.registry import METERS
-from mtbench.tasks import get_task
+from mtbench.registry import register_meter
+from mtbench.tasks import IGNORE, get_task
 
 BETA_SQUARED = 0.3
 NUM_THRESHOLDS = 19  # 0.05, 0.10, ..., 0.95
@@ -89,23 +88,24 @@ def max_f(tp: Tensor, pp: Tensor, ap: Tensor, beta_squared: float = BETA_SQUARED
 
 
 def _check(pred: Tensor, target: Tensor) -> None:
-    check_task_tensors("sal", pred, target, channels=(1, 2))
+    spec = get_task("sal")
+    spec.check_tensors(pred, target, channels=spec.accepted_channels(None))
     check_finite("sal", pred)
     low, high = (int(v) for v in torch.aminmax(target))
-    if low < 0 or high > IGNORE_INDEX:
+    if low < 0 or high > IGNORE:
         _bad_target()
 
 
 def _bad_target() -> None:
-    raise MtbenchError(f"sal: the target must hold 0, 1 or {IGNORE_INDEX}; it holds other values.")
+    raise MtbenchError(f"sal: the target must hold 0, 1 or {IGNORE}; it holds other values.")
 
 
 def _histogram(index: Tensor, rows: int, bins: int) -> Tensor:
-    """Return the (rows, 2, bins) counts of `index` = (row · 256 + target) · bins + level; targets 2..254
-    are refused and 255 (ignored) dropped. One bincount, and no valid mask is materialised."""
-    counts = torch.bincount(index.view(-1), minlength=rows * (IGNORE_INDEX + 1) * bins)
-    counts = counts.view(rows, IGNORE_INDEX + 1, bins)
-    if bool(counts[:, 2:IGNORE_INDEX].any()):
+    """Return the (rows, 2, bins) counts of `index` = (row · (IGNORE + 1) + target) · bins + level; targets
+    2..IGNORE − 1 are refused and IGNORE dropped. One bincount, and no valid mask is materialised."""
+    counts = torch.bincount(index.view(-1), minlength=rows * (IGNORE + 1) * bins)
+    counts = counts.view(rows, IGNORE + 1, bins)
+    if bool(counts[:, 2:IGNORE].any()):
         _bad_target()
     return counts[:, :2]
 
@@ -114,7 +114,7 @@ class SaliencyMeter(Meter):
     """`sal/maxF` in percent: TP, predicted and actual positives per threshold, pooled over the split.
 
     p = sigmoid (1 channel) or softmax[:, 1] (2 channels), passed through a second sigmoid when
-    `double_sigmoid` (the `invpt` variant); a valid pixel (target != 255) is predicted positive at
+    `double_sigmoid` (the `invpt` variant); a valid pixel (target != IGNORE) is predicted positive at
     threshold t when p >= t, for ATRC's t = 0.05..0.95 step 0.05; β² = 0.3 (ATRC's `MaxF`). The state is
     one (2, 20) histogram of [target, number of thresholds <= p], filled with one bincount; TP/PP at each
     threshold are its tail sums.
@@ -122,8 +122,8 @@ class SaliencyMeter(Meter):
 
     task = "sal"
 
-    def __init__(self, *, double_sigmoid: bool = False, metric_variant: str | None = None) -> None:
-        super().__init__()
+    def __init__(self, *, variant: str, double_sigmoid: bool = False, metric_variant: str | None = None) -> None:
+        super().__init__(variant=variant)
         self.double_sigmoid = double_sigmoid
         self.metric_variant = metric_variant
 
@@ -187,7 +187,7 @@ class PerImageSaliencyMeter(Meter):
         level = count_thresholds(prob, mtinet_thresholds(), strict=True)
         bins = NUM_MTINET_THRESHOLDS + 1
         # One bincount of [image, target, level] for the whole batch.
-        image = torch.arange(b, device=prob.device).view(b, 1, 1) * (IGNORE_INDEX + 1)
+        image = torch.arange(b, device=prob.device).view(b, 1, 1) * (IGNORE + 1)
         hist = _histogram((image + target.long()) * bins + level, b, bins)
         seen = hist.sum(dim=(1, 2)) > 0
         hist = hist[seen].double()
@@ -213,23 +213,22 @@ def _check_dataset(dataset: str | None) -> None:
         get_task("sal").num_outputs(dataset)
 
 
-@METERS.register("sal")
-@METERS.register("sal:atrc")
-def sal(*, dataset: str | None) -> SaliencyMeter:
+@register_meter("sal", "sal:atrc", directions={"sal/maxF": True})
+def sal(*, dataset: str | None, variant: str) -> SaliencyMeter:
     """Reference saliency meter, also named `atrc`: pooled maxF, 19 thresholds p >= t, β² = 0.3."""
     _check_dataset(dataset)
-    return SaliencyMeter()
+    return SaliencyMeter(variant=variant)
 
 
-@METERS.register("sal:invpt")
-def sal_invpt(*, dataset: str | None) -> SaliencyMeter:
+@register_meter("sal:invpt", directions={"sal/maxF": True})
+def sal_invpt(*, dataset: str | None, variant: str) -> SaliencyMeter:
     """InvPT's saliency meter, bug-compatible: ATRC's maxF on sigmoid(p), a second sigmoid."""
     _check_dataset(dataset)
-    return SaliencyMeter(double_sigmoid=True, metric_variant="invpt")
+    return SaliencyMeter(variant=variant, double_sigmoid=True, metric_variant="invpt")
 
 
-@METERS.register("sal:mtinet")
-def sal_mtinet(*, dataset: str | None) -> PerImageSaliencyMeter:
+@register_meter("sal:mtinet", directions={"sal/maxF": True, "sal/mIoU": True})
+def sal_mtinet(*, dataset: str | None, variant: str) -> PerImageSaliencyMeter:
     """MTI-Net's saliency meter: per-image maxF (β = 1, 15 thresholds p > t) and mIoU."""
     _check_dataset(dataset)
-    return PerImageSaliencyMeter()
+    return PerImageSaliencyMeter(variant=variant)

@@ -15,10 +15,9 @@ import torch
 from torch import Tensor
 
 from mtbench.errors import MtbenchError
-from mtbench.losses import IGNORE_INDEX, check_task_tensors
 from mtbench.metrics.meter import Meter, check_finite
-from mtbench.registry import METERS
-from mtbench.tasks import get_task
+from mtbench.registry import register_meter
+from mtbench.tasks import IGNORE, get_task
 
 
 def iou_from_confusion(confusion: Tensor, absent: float = 0.0) -> Tensor:
@@ -64,7 +63,7 @@ def argmax_channels(pred: Tensor) -> Tensor:
 
 
 class SegmentationMeter(Meter):
-    """Pooled confusion matrix over valid pixels (target != 255), prediction = argmax over channels.
+    """Pooled confusion matrix over valid pixels (target != IGNORE), prediction = argmax over channels.
 
     `<task>/mIoU` is the mean of per-class IoU over all C classes, absent ones counting `absent_iou`
     (0 for the reference, NaN for `libmtl`; `iou_from_confusion`); `<task>/pixel_acc` is correct / valid
@@ -72,11 +71,11 @@ class SegmentationMeter(Meter):
     bincount per update.
     """
 
-    def __init__(self, task: str, num_classes: int, *, absent_iou: float = 0.0,
+    def __init__(self, task: str, num_classes: int, *, variant: str, absent_iou: float = 0.0,
                  metric_variant: str | None = None) -> None:
-        super().__init__()
-        if num_classes > IGNORE_INDEX:
-            raise ValueError(f"{task}: at most {IGNORE_INDEX} classes fit beside the ignore label.")
+        super().__init__(variant=variant)
+        if num_classes > IGNORE:
+            raise ValueError(f"{task}: at most {IGNORE} classes fit beside the ignore label.")
         self.task = task
         self.num_classes = num_classes
         self.absent_iou = absent_iou
@@ -92,21 +91,21 @@ class SegmentationMeter(Meter):
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
         c = self.num_classes
-        check_task_tensors(self.task, pred, target, channels=c)
+        get_task(self.task).check_tensors(pred, target, channels=c)
         check_finite(self.task, pred)
         low, high = (int(v) for v in torch.aminmax(target))
-        if low < 0 or high > IGNORE_INDEX:
+        if low < 0 or high > IGNORE:
             raise MtbenchError(f"{self.task}: the target holds labels outside 0..{c - 1} that are not the "
-                               f"ignore value {IGNORE_INDEX} (min {low}, max {high}); check the dataset's "
+                               f"ignore value {IGNORE} (min {low}, max {high}); check the dataset's "
                                f"label conversion.")
-        # One bincount over target·C + label: rows 0..C-1 are the confusion matrix, row 255 the ignored
-        # pixels, and anything in rows C..254 a label out of range. No mask is materialised.
+        # One bincount over target·C + label: rows 0..C-1 are the confusion matrix, row IGNORE the ignored
+        # pixels, and anything in rows C..IGNORE-1 a label out of range. No mask is materialised.
         index = target.long() * c
         index += argmax_channels(pred)
-        counts = torch.bincount(index.view(-1), minlength=(IGNORE_INDEX + 1) * c)
-        if high >= c and bool(counts[c * c: IGNORE_INDEX * c].any()):
+        counts = torch.bincount(index.view(-1), minlength=(IGNORE + 1) * c)
+        if high >= c and bool(counts[c * c: IGNORE * c].any()):
             raise MtbenchError(f"{self.task}: the target holds labels outside 0..{c - 1} that are not the "
-                               f"ignore value {IGNORE_INDEX}; check the dataset's label conversion.")
+                               f"ignore value {IGNORE}; check the dataset's label conversion.")
         state = self._state_on(pred.device)
         state["confusion"] += counts[: c * c].view(c, c)
 
@@ -123,27 +122,31 @@ def _num_classes(task: str, dataset: str | None) -> int:
     return get_task(task).num_outputs(dataset)
 
 
-@METERS.register("semseg")
-def semseg(*, dataset: str | None) -> SegmentationMeter:
+def _directions(task: str) -> dict[str, bool]:
+    return {f"{task}/mIoU": True, f"{task}/pixel_acc": True}
+
+
+@register_meter("semseg", directions=_directions("semseg"))
+def semseg(*, dataset: str | None, variant: str) -> SegmentationMeter:
     """Reference semseg meter: pooled mIoU (absent classes count 0) and pixel accuracy."""
-    return SegmentationMeter("semseg", _num_classes("semseg", dataset))
+    return SegmentationMeter("semseg", _num_classes("semseg", dataset), variant=variant)
 
 
-@METERS.register("semseg:libmtl")
-def semseg_libmtl(*, dataset: str | None) -> SegmentationMeter:
+@register_meter("semseg:libmtl", directions=_directions("semseg"))
+def semseg_libmtl(*, dataset: str | None, variant: str) -> SegmentationMeter:
     """LibMTL's semseg meter: pooled mIoU that is NaN when a class is absent from both maps."""
-    return SegmentationMeter("semseg", _num_classes("semseg", dataset), absent_iou=math.nan,
+    return SegmentationMeter("semseg", _num_classes("semseg", dataset), variant=variant, absent_iou=math.nan,
                              metric_variant="libmtl")
 
 
-@METERS.register("human_parts")
-def human_parts(*, dataset: str | None) -> SegmentationMeter:
+@register_meter("human_parts", directions=_directions("human_parts"))
+def human_parts(*, dataset: str | None, variant: str) -> SegmentationMeter:
     """Reference human_parts meter: pooled mIoU (absent classes count 0) and pixel accuracy."""
-    return SegmentationMeter("human_parts", _num_classes("human_parts", dataset))
+    return SegmentationMeter("human_parts", _num_classes("human_parts", dataset), variant=variant)
 
 
-@METERS.register("human_parts:libmtl")
-def human_parts_libmtl(*, dataset: str | None) -> SegmentationMeter:
+@register_meter("human_parts:libmtl", directions=_directions("human_parts"))
+def human_parts_libmtl(*, dataset: str | None, variant: str) -> SegmentationMeter:
     """LibMTL's definition applied to human_parts: mIoU is NaN when a part is absent from both maps."""
-    return SegmentationMeter("human_parts", _num_classes("human_parts", dataset), absent_iou=math.nan,
-                             metric_variant="libmtl")
+    return SegmentationMeter("human_parts", _num_classes("human_parts", dataset), variant=variant,
+                             absent_iou=math.nan, metric_variant="libmtl")

@@ -18,7 +18,7 @@ _FIXED = ("tasks", "dataset", "backbone", "pretrained", "img_size")
 
 def model_options(name: str) -> dict[str, object]:
     """Return the option names of model `name` with their defaults."""
-    params = inspect.signature(MODELS.get(name)).parameters
+    params = inspect.signature(MODELS.get(name).build).parameters
     return {k: p.default for k, p in params.items() if k not in _FIXED}
 
 
@@ -36,11 +36,11 @@ def build_model(name: str, *, tasks: tuple[str, ...], dataset: str, backbone: st
                 pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                 **options: object) -> nn.Module:
     """Build registered model `name`; unknown options are a user error with a did-you-mean."""
-    builder = MODELS.get(name)
+    entry = MODELS.get(name)
     BACKBONES.get(backbone)
     check_model_options(name, options)
-    return builder(tasks=tasks, dataset=dataset, backbone=backbone, pretrained=pretrained,
+    return entry.build(tasks=tasks, dataset=dataset, backbone=backbone, pretrained=pretrained,
                    img_size=img_size, **options)
 
 
-__all__ = ["build_backbone", "build_model", "check_model_options", "model_options"]
+__all__ = ["MODELS", "build_backbone", "build_model", "check_model_options", "model_options"]

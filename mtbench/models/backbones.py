@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mtbench.errors import MtbenchError
-from mtbench.registry import BACKBONES
+from mtbench.registry import BACKBONES, BackboneEntry
 
 HUB_HOST = "huggingface.co"
 
@@ -102,8 +102,7 @@ def _register(name: str, timm_name: str, *, fixed_size: bool = False, **timm_kwa
                                img_size=img_size if fixed_size else None, **timm_kwargs)
 
     build.__doc__ = f"timm `{timm_name}` {timm_kwargs or ''} as an NCHW stride-4..32 feature list."
-    build.timm_name = timm_name  # type: ignore[attr-defined]
-    BACKBONES.register(name)(build)
+    BACKBONES.register(name)(BackboneEntry(build, timm_name, "pyramid"))
 
 
 # A 0.37M-parameter ResNet from timm's test models: the backbone for tests and --smoke runs.
@@ -126,7 +125,7 @@ _register("hrnet_w48", "hrnet_w48", feature_location="")
 def build_backbone(name: str, *, pretrained: bool | str = False,
                    img_size: tuple[int, int] | None = None) -> Backbone | ViTBackbone:
     """Build the registered backbone `name` (see `mtbench list`)."""
-    return BACKBONES.get(name)(pretrained=pretrained, img_size=img_size)
+    return BACKBONES.get(name).build(pretrained=pretrained, img_size=img_size)
 
 
 # ------------------------------------------------------------------------------------------- ViT
@@ -186,9 +185,7 @@ def _register_vit(name: str, timm_name: str) -> None:
         return create_vit(timm_name, pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)
 
     build.__doc__ = f"timm `{timm_name}` token maps after 4 blocks, NCHW at stride 16 (for InvPT)."
-    build.timm_name = timm_name  # type: ignore[attr-defined]
-    build.is_vit = True  # type: ignore[attr-defined]
-    BACKBONES.register(name)(build)
+    BACKBONES.register(name)(BackboneEntry(build, timm_name, "tokens"))
 
 
 # The 384 checkpoints are the ones InvPT started from (ImageNet-21k, fine-tuned on 1k at 384).
@@ -201,14 +198,14 @@ _register_vit("vit_test", "test_vit")
 
 def vit_backbone_names() -> list[str]:
     """Names of the registered ViT backbones (those that return token maps)."""
-    return [n for n in BACKBONES.names() if getattr(BACKBONES.get(n), "is_vit", False)]
+    return [n for n in BACKBONES.names() if BACKBONES.get(n).kind == "tokens"]
 
 
 def build_vit_backbone(name: str, *, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                        drop_path_rate: float = 0.0) -> ViTBackbone:
     """Build registered ViT backbone `name`; any other backbone is a user error naming the ViTs."""
-    builder = BACKBONES.get(name)
-    if not getattr(builder, "is_vit", False):
+    entry = BACKBONES.get(name)
+    if entry.kind != "tokens":
         raise MtbenchError(f"backbone {name!r} is not a ViT: this model needs the token maps of a vision "
                            f"transformer. Use one of: {', '.join(vit_backbone_names())}.")
-    return builder(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)
+    return entry.build(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)

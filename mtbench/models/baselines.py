@@ -7,7 +7,7 @@ from torch import nn
 
 from mtbench.models.backbones import Backbone, build_backbone
 from mtbench.models.blocks import TaskHead, fuse_scales
-from mtbench.registry import MODELS
+from mtbench.registry import register_model
 from mtbench.tasks import get_task
 
 
@@ -16,7 +16,8 @@ class SharedEncoder(nn.Module):
 
     def __init__(self, backbone: Backbone, *, tasks: tuple[str, ...], dataset: str, head_channels: int = 64):
         super().__init__()
-        self.tasks = tasks
+        self.tasks = tuple(tasks)
+        self.auxiliary: dict[str, dict[str, torch.Tensor]] = {}  # no deep supervision
         self.backbone = backbone
         self.heads = nn.ModuleDict({
             t: TaskHead(sum(backbone.channels), get_task(t).num_outputs(dataset), head_channels) for t in tasks})
@@ -32,6 +33,7 @@ class SingleTask(nn.Module):
     def __init__(self, networks: dict[str, SharedEncoder]) -> None:
         super().__init__()
         self.tasks = tuple(networks)
+        self.auxiliary: dict[str, dict[str, torch.Tensor]] = {}  # no deep supervision
         self.networks = nn.ModuleDict(networks)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -41,7 +43,7 @@ class SingleTask(nn.Module):
         return out
 
 
-@MODELS.register("shared_encoder")
+@register_model("shared_encoder")
 def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                    pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                    head_channels: int = 64) -> SharedEncoder:
@@ -50,7 +52,7 @@ def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "res
     return SharedEncoder(encoder, tasks=tasks, dataset=dataset, head_channels=head_channels)
 
 
-@MODELS.register("single_task")
+@register_model("single_task")
 def single_task(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                 pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                 head_channels: int = 64) -> SingleTask:

@@ -51,7 +51,7 @@ from torchvision.ops import deform_conv2d
 from mtbench.errors import MtbenchError
 from mtbench.models.backbones import Backbone, build_backbone
 from mtbench.models.blocks import ConvBNReLU
-from mtbench.registry import MODELS
+from mtbench.registry import register_model
 from mtbench.tasks import get_task
 
 ATTENTION_MODES = ("released", "tokens")
@@ -294,6 +294,7 @@ class DeMT(nn.Module):
                       task_interaction=task_interaction, task_query=task_query)
         outputs = {t: get_task(t).num_outputs(dataset) for t in tasks}
         self.tasks = tuple(tasks)
+        self.auxiliary: dict[str, dict[str, torch.Tensor]] = {}  # no deep supervision
         self.attention = attention
         self.kv_reduction = kv_reduction
         self.num_heads = num_heads
@@ -433,7 +434,7 @@ def check_options(*, tasks: tuple[str, ...], attention: str, kv_reduction: int, 
                            "feeds the task query block; set task_interaction=false as well to drop the decoder.")
 
 
-@MODELS.register("demt")
+@register_model("demt")
 def demt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "swin_tiny", pretrained: bool | str = False,
          img_size: tuple[int, int] | None = None, attention: Literal["released", "tokens"] = "released",
          kv_reduction: int = 8, num_heads: int = 4, mixer_width: int = 256, mixer_depth: int = 1,

@@ -59,7 +59,7 @@ from torchvision.ops import StochasticDepth
 from mtbench.errors import MtbenchError
 from mtbench.models.backbones import ViTBackbone, build_vit_backbone
 from mtbench.models.blocks import ConvBNReLU
-from mtbench.registry import MODELS
+from mtbench.registry import register_model
 from mtbench.tasks import get_task
 
 NUM_STAGES = 3
@@ -293,7 +293,7 @@ def check_options(*, tasks: tuple[str, ...], dataset: str, decoder_width: int, n
                            "pad size (dataset.options) to such a size, e.g. 448x576 for NYUD, 512x512 for PASCAL.")
 
 
-@MODELS.register("invpt")
+@register_model("invpt", smoke_backbone="vit_test", test_size=(64, 96))
 def invpt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "vit_large_patch16",
           pretrained: bool | str = False, img_size: tuple[int, int] | None = None, preliminary_width: int = 512,
           decoder_width: int = 576, num_heads: int = 2, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,

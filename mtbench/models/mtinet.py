@@ -31,8 +31,8 @@ Deviations: the released code upsamples the propagated features by a fixed facto
 to the finer map's size, which is the same when sides are multiples of 32 and lets CNN backbones take
 other sizes (ceil-sized coarse maps). The released output dict carries `deep_supervision`; mtbench keeps
 the dict to the final predictions (DESIGN.md) and exposes the initial ones on `self.auxiliary`.
-Auxiliary-only tasks (NYUD `+edges_normals`) are built by `auxiliary_tasks` but need their labels and
-losses in the trial to be supervised.
+Auxiliary-only tasks (NYUD `+edges_normals`) are built by `auxiliary_tasks`; the trial must load their
+labels (dataset.tasks), else it stops at its first step with an error naming them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from mtbench.models.padnet import (
     task_outputs,
     upsample,
 )
-from mtbench.registry import MODELS
+from mtbench.registry import register_model
 
 FPM_ATTENTION = ("released", "tasks")
 
@@ -168,7 +168,7 @@ class MTINet(nn.Module):
         return {t: upsample(head([d[t] for d in distilled]), image.shape[-2:]) for t, head in self.heads.items()}
 
 
-@MODELS.register("mtinet")
+@register_model("mtinet")
 def mtinet(*, tasks: tuple[str, ...], dataset: str, backbone: str = "hrnet_w18_small",
            pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
            auxiliary_tasks: tuple[str, ...] | None = None,

@@ -19,8 +19,8 @@ released weights loaded its outputs match the released forward to float rounding
 Deviations: the released PAD-Net names the initial outputs `initial_<task>` in its output dict; mtbench
 keeps the output dict to the final predictions (DESIGN.md) and exposes the initial ones on
 `self.auxiliary`. Auxiliary tasks beyond the trial's tasks (NYUD `+edges_normals` configs) are built by
-the `auxiliary_tasks` option, but the trainer supervises only tasks whose labels and losses the trial
-has, so that setting needs the trial to load them (see `auxiliary_tasks`).
+the `auxiliary_tasks` option; the trainer supervises them with the trial's labels and losses, so the
+trial must load them (dataset.tasks): otherwise it stops at its first step with an error naming them.
 
 Relative to the CVPR 2018 paper this is the MTL-PyTorch re-implementation (the one its tables and the survey
 use): HRNet features instead of the paper's encoder, and the auxiliary tasks are the dataset's own tasks.
@@ -38,7 +38,7 @@ from torchvision.models.resnet import Bottleneck
 from mtbench.errors import MtbenchError
 from mtbench.models.backbones import Backbone, build_backbone
 from mtbench.models.blocks import fuse_scales
-from mtbench.registry import MODELS
+from mtbench.registry import register_model
 from mtbench.tasks import TASKS
 
 SCALES = (4, 8, 16, 32)
@@ -196,7 +196,7 @@ class PADNet(nn.Module):
         return {t: upsample(self.heads[t](feats[t]), image.shape[-2:]) for t in self.tasks}
 
 
-@MODELS.register("padnet")
+@register_model("padnet")
 def padnet(*, tasks: tuple[str, ...], dataset: str, backbone: str = "hrnet_w18_small",
            pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
            auxiliary_tasks: tuple[str, ...] | None = None, width: int = 256) -> PADNet:

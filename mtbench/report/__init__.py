@@ -22,15 +22,18 @@ from mtbench.errors import MtbenchError
 from mtbench.report import tables
 from mtbench.report.aggregate import ResultTable, summarize
 from mtbench.report.collect import collect_runs, finished_trials, omitted_runs, runs_file, seed_results
+from mtbench.report.published import BIB_PATH as BIB
+from mtbench.tasks import get_task
 
 if TYPE_CHECKING:
     from mtbench.report.figures import StudyView
 
 __all__ = ["Report", "ResultTable", "build_report", "report_folder"]
 
+# The Δm reference when no run names one (experiments default `reference_variant` to it too).
+DEFAULT_REFERENCE = "single_task"
 REPORT_FILES = ("results.tex", "results.md", "results.csv", "runs.csv", "ablation.tex", "ablation.csv",
                 "report_standalone.tex", "references.bib")
-BIB = Path(__file__).resolve().parents[2] / "baselines" / "references.bib"
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,12 @@ def _texts(table: ResultTable, runs: pd.DataFrame, omitted: pd.DataFrame, show_s
 
 def _figures(uri: str, table: ResultTable, trials: pd.DataFrame, runs: pd.DataFrame,
              folder: Path) -> tuple[list[Path], dict[str, str]]:
-    from mtbench.metrics import METRIC_DIRECTIONS
+    from mtbench.metrics import metric_direction
     from mtbench.metrics.meter import split_metric_name
     from mtbench.registry import MODELS
     from mtbench.report import figures
 
-    keys = [f"val/{k}" for k in table.columns.values() if k != "edge/odsF"]
-    keys += ["val/edge/loss_bce"] if "edge" in table.columns else []
+    keys = [f"val/{validation_key(task, column)}" for task, column in table.columns.items()]
     history = tracking.metric_history(uri, list(trials["run_id"]), keys)
     curves = history.merge(trials[["run_id", "label", "model", "seed"]], on="run_id")
     curves = curves.sort_values("metric", key=lambda m: m.map(keys.index), kind="stable")  # table's task order
@@ -92,11 +94,17 @@ def _figures(uri: str, table: ResultTable, trials: pd.DataFrame, runs: pd.DataFr
     data = figures.FigureInput(
         summary=summary, changes=table.changes, curves=curves[["label", "model", "seed", "metric", "step", "value"]],
         reference=table.reference.label if table.reference else "", model_order=list(MODELS),
-        higher_is_better={m: METRIC_DIRECTIONS[split_metric_name(m)[0]] for m in names}, study=study)
+        higher_is_better={m: metric_direction(split_metric_name(m)[0]) for m in names}, study=study)
     paths, skipped = figures.write_figures(data, folder)
     if why_no_study:
         skipped.update({name: why_no_study for name in skipped if name.startswith("optuna_")})
     return paths, skipped
+
+
+def validation_key(task: str, column: str) -> str:
+    """The metric validation logged for a table column: the column's own, or the task's proxy (edge's BCE)."""
+    spec = get_task(task)
+    return column if spec.validation_metric == spec.primary_metric else spec.validation_metric
 
 
 def _study_view(runs: pd.DataFrame) -> tuple[StudyView | None, str]:
@@ -106,7 +114,7 @@ def _study_view(runs: pd.DataFrame) -> tuple[StudyView | None, str]:
     if parents.empty:
         return None, ""
     from mtbench.report.figures import StudyView
-    from mtbench.sweep import search  # imports optuna (and the engine): only for a study
+    from mtbench.sweep import search  # imports optuna: only for a study
 
     tags = parents.iloc[-1]["tags"]
     if search.TAG_STORAGE not in tags:
@@ -142,13 +150,24 @@ def _unwritable(target: Path, exc: OSError) -> MtbenchError:
                         "output folder (--out) or fix its permissions.")
 
 
+def default_reference(trials: pd.DataFrame) -> str:
+    """The Δm reference the runs' experiments name (`reference_variant`, a run tag); single_task if none does."""
+    named = sorted({tags[tracking.TAG_REFERENCE_VARIANT] for tags in trials.get("tags", [])
+                    if tracking.TAG_REFERENCE_VARIANT in tags})
+    if len(named) > 1:
+        raise MtbenchError(f"the runs come from experiments with different Δm references ({', '.join(named)}); "
+                           "choose one with --reference ROW (or --reference none).")
+    return named[0] if named else DEFAULT_REFERENCE
+
+
 def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("reports"),
                  name: str | None = None,
-                 reference: str = "single_task", tags: Mapping[str, str] | None = None, query: str | None = None,
+                 reference: str | None = None, tags: Mapping[str, str] | None = None, query: str | None = None,
                  with_published: str | None = None, show_std: bool = True) -> Report:
     """Collect the runs of `experiments`, write tables (and figures) under `out_dir/<name>/`, log them to MLflow.
 
-    `reference` is the Δm reference: a row (variant) label, `published:<row>` or `none`. Nothing is
+    `reference` is the Δm reference: a row (variant) label, `published:<row>` or `none`; None takes the
+    `reference_variant` of the experiments, which each run records (`default_reference`). Nothing is
     written unless everything succeeds: files are built in a staging folder that replaces the old
     report at the end.
     """
@@ -159,6 +178,7 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
     runs = collect_runs(uri, experiments, tags=tags, query=query)
     trials = finished_trials(runs)
     omitted = omitted_runs(runs)
+    reference = reference or default_reference(trials)
     table = summarize(seed_results(trials), trials, name=name, reference=reference, with_published=with_published)
     target = Path(out_dir) / report_folder(name)
     try:

@@ -12,12 +12,11 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 
 from mtbench.errors import MtbenchError
-from mtbench.tasks import TASK_NAMES
+from mtbench.tasks import REPORT_ORDER
 from mtbench.tracking import RUN_COLUMNS, load_runs
 
 # Column order of tables: the order the field reports tasks in (PASCAL-Context, then NYUD-only ones).
-TASK_ORDER = ("semseg", "human_parts", "sal", "depth", "normals", "edge")
-TASK_ORDER += tuple(t for t in TASK_NAMES if t not in TASK_ORDER)
+TASK_ORDER = REPORT_ORDER
 UNTAGGED = "(untagged)"
 # Config params that never describe what a row is (bookkeeping, or the seed that rows aggregate over).
 NOT_CONFIG_AXES = ("seed", "variant", "experiment", "description", "output_dir", "tracking.", "launcher.", "search.",

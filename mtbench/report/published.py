@@ -1,4 +1,5 @@
-"""Published reference rows (baselines/published_results.yaml): Δm references and rows for result tables.
+"""Published reference rows (package data `mtbench/report/data/published_results.yaml`, BibTeX in
+`references.bib` beside it): Δm references and rows for result tables.
 
 A row is named `paper/dataset/backbone` (`paper/dataset` when the backbone is unknown), with `/model` appended
 when that name is already taken (e.g. `DeMT/nyud/Swin-T`, `ATRC/nyud`, `InvPT/pascal/ViT-L/InvPT (released ckpt)`).
@@ -13,19 +14,27 @@ DeMT's `sal/maxF`. So a published number only meets a run's number when both wer
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-import mtbench
 from mtbench.errors import MtbenchError
 from mtbench.metrics import build_meter, split_metric_name, variant_metric_name
 
-DEFAULT_PATH = Path(mtbench.__file__).resolve().parents[1] / "baselines" / "published_results.yaml"
+# Package data (read through importlib.resources, so it works from a wheel or a zip as well as a checkout):
+# the published rows and the BibTeX entries of their `cite` keys.
+DATA = resources.files("mtbench.report") / "data"
+DEFAULT_PATH: Traversable = DATA / "published_results.yaml"
+BIB_PATH: Traversable = DATA / "references.bib"
+# A published-results file: a path, or a resource (`DEFAULT_PATH`, `DATA / name`).
+Source = str | os.PathLike[str] | Traversable
 # YAML metric column -> mtbench metric key of the reference definition (units already match: percent, metres,
 # degrees). The logged name adds the row's meter variant for the task.
 METRIC_KEYS = {"semseg_miou": "semseg/mIoU", "parts_miou": "human_parts/mIoU", "sal_maxf": "sal/maxF",
@@ -132,14 +141,23 @@ def _row(entry: dict[str, Any], name: str, where: str) -> PublishedRow:
         metric_variants=variants, notes=notes, caveat=caveat)
 
 
-def load_published(path: Path = DEFAULT_PATH) -> dict[str, PublishedRow]:
-    """Return every published row keyed by its name, after checking each entry."""
-    path = Path(path)
+def references_bib() -> str:
+    """Return the BibTeX entries (one per paper) for the `cite` keys of the published rows."""
+    return BIB_PATH.read_text(encoding="utf-8")
+
+
+def load_published(path: Source = DEFAULT_PATH) -> dict[str, PublishedRow]:
+    """Return every published row keyed by its name, after checking each entry.
+
+    `path` is a file in the same format; the default is the file shipped with mtbench (`DEFAULT_PATH`).
+    """
+    if isinstance(path, str | os.PathLike):
+        path = Path(path)
     if not path.is_file():
-        raise MtbenchError(f"published results file {str(path)!r} not found; it ships in baselines/ of the "
-                           "mtbench checkout.")
+        where = " (package data of mtbench: reinstall it)" if path == DEFAULT_PATH else ""
+        raise MtbenchError(f"published results file {str(path)!r} not found{where}.")
     rows: dict[str, PublishedRow] = {}
-    for i, entry in enumerate(yaml.safe_load(path.read_text())["entries"]):
+    for i, entry in enumerate(yaml.safe_load(path.read_text(encoding="utf-8"))["entries"]):
         base = "/".join(str(entry[k]) for k in ("paper", "dataset", "backbone") if entry.get(k))
         name = base if base not in rows else f"{base}/{entry.get('model')}"
         where = f"{path.name}: entry {i} ({name})"
@@ -149,7 +167,7 @@ def load_published(path: Path = DEFAULT_PATH) -> dict[str, PublishedRow]:
     return rows
 
 
-def published_row(name: str, path: Path = DEFAULT_PATH) -> PublishedRow:
+def published_row(name: str, path: Source = DEFAULT_PATH) -> PublishedRow:
     """Return the published row `name`, or a clear error with the closest names."""
     rows = load_published(path)
     if name not in rows:
@@ -159,7 +177,7 @@ def published_row(name: str, path: Path = DEFAULT_PATH) -> PublishedRow:
     return rows[name]
 
 
-def published_rows(dataset: str, path: Path = DEFAULT_PATH) -> list[PublishedRow]:
+def published_rows(dataset: str, path: Source = DEFAULT_PATH) -> list[PublishedRow]:
     """Return the published rows of `dataset` ('nyud', 'pascal' or 'pascal_context'), in file order."""
     if dataset not in DATASET_NAMES:
         close = difflib.get_close_matches(dataset, list(DATASET_NAMES), n=1)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from mtbench.metrics import METRIC_DIRECTIONS
+from mtbench.metrics import metric_direction
 from mtbench.metrics.meter import split_metric_name
 from mtbench.report.aggregate import ResultTable
 
@@ -69,7 +69,7 @@ def _decimals(values: pd.Series) -> int:
 
 def columns(table: ResultTable) -> list[Column]:
     """The numeric columns of the results layout, in order."""
-    cols = [Column(metric_label(key), key, METRIC_DIRECTIONS[split_metric_name(key)[0]],
+    cols = [Column(metric_label(key), key, metric_direction(split_metric_name(key)[0]),
                    _decimals(table.summary[f"{key}_mean"])) for key in table.columns.values()]
     cols.append(Column("Δm (%)", "delta_m", True, 2, signed=True))
     for prefix, label in (("params_m", "Params (M)"), ("gflops", "GFLOPs")):

@@ -1,5 +1,4 @@
-"""Running many trials: expansion happens in mtbench.config, launching here."""
+"""Running many trials: expansion happens in mtbench.config, launching in `launchers`, Optuna studies in `search`.
 
-from mtbench.sweep.launchers import attach, launch, launch_local, plan_sweep
-
-__all__ = ["attach", "launch", "launch_local", "plan_sweep"]
+Nothing is imported here, so that reading a study (`search`, for reports) does not load the training engine.
+"""

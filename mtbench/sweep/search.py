@@ -27,10 +27,8 @@ import yaml
 from mtbench import tracking
 from mtbench.config.loading import set_dotted, validate
 from mtbench.config.schema import Experiment, ParamSpec, Sections, TrialConfig
-from mtbench.engine.trainer import NonFiniteLossError
-from mtbench.engine.trial import PrunedTrial, run_trial
 from mtbench.errors import MtbenchError
-from mtbench.metrics import METRIC_DIRECTIONS
+from mtbench.metrics import metric_direction
 
 FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 # Tags of a study's parent run that let `mtbench report` reopen the study.
@@ -133,10 +131,12 @@ def direction(exp: Experiment) -> str:
         return exp.search.direction
     if exp.search.objective == "delta_m":
         return "maximize"
-    if exp.search.objective not in METRIC_DIRECTIONS:
+    try:
+        higher_is_better = metric_direction(exp.search.objective)
+    except MtbenchError:
         raise MtbenchError(f"search.objective: {exp.search.objective!r} is not a known metric; give "
-                           "search.direction (maximize/minimize) or a metric like semseg/mIoU.")
-    return "maximize" if METRIC_DIRECTIONS[exp.search.objective] else "minimize"
+                           "search.direction (maximize/minimize) or a metric like semseg/mIoU.") from None
+    return "maximize" if higher_is_better else "minimize"
 
 
 def sampler_for(exp: Experiment) -> optuna.samplers.BaseSampler:
@@ -178,8 +178,9 @@ def trial_config(exp: Experiment, params: dict[str, Any], number: int) -> TrialC
     data = copy.deepcopy(exp.model_dump(include=set(Sections.model_fields)))
     for key, value in params.items():
         set_dotted(data, key, value, where=f"search.space {key!r}")
-    return validate(TrialConfig, dict(data, experiment=exp.name, variant=f"trial{number:04d}", seed=exp.seeds[0]),
-                    f"search trial {number}")
+    trial = dict(data, experiment=exp.name, variant=f"trial{number:04d}", seed=exp.seeds[0],
+                 reference_variant=exp.reference_variant)
+    return validate(TrialConfig, trial, f"search trial {number}")
 
 
 def check_space(exp: Experiment) -> None:
@@ -190,6 +191,9 @@ def check_space(exp: Experiment) -> None:
 
 
 def objective(exp: Experiment, parent_run_id: str, trial: optuna.Trial) -> float:
+    """Run one study trial through the engine; report each validation to Optuna, which may prune it."""
+    from mtbench.engine.trial import PrunedTrial, run_trial  # the report reads studies without the engine
+
     params = {key: suggest(trial, key, spec) for key, spec in exp.search.space.items()}
     cfg = trial_config(exp, params, trial.number)
     last: dict[str, float] = {}
@@ -214,6 +218,8 @@ def objective(exp: Experiment, parent_run_id: str, trial: optuna.Trial) -> float
 def worker(exp_json: str, parent_run_id: str, n: int, threads: int) -> None:
     """One worker process: run `n` trials of the study (loaded from its storage)."""
     import torch
+
+    from mtbench.engine.trainer import NonFiniteLossError
 
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)

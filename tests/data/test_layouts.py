@@ -25,9 +25,9 @@ from mtbench.data.layouts import (
     render_sample,
     write_layout,
 )
-from mtbench.data.synthetic import FIGURE, IGNORE
+from mtbench.data.synthetic import FIGURE
 from mtbench.errors import MtbenchError
-from mtbench.tasks import SYNTHETIC_SEMSEG_CLASSES
+from mtbench.tasks import IGNORE, SYNTHETIC_SEMSEG_CLASSES
 
 H, W, SEED = 48, 64, 1
 N = {"nyud_mt": 6, "nyudv2": 6, "pascal_context": 16}  # seed 1, n 16: every human-parts case

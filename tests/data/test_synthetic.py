@@ -18,7 +18,6 @@ from mtbench.data.synthetic import (
     FLOOR,
     FOREGROUND_CLASSES,
     HEAD,
-    IGNORE,
     PRESETS,
     ROOM_SURFACES,
     SPHERE,
@@ -31,7 +30,7 @@ from mtbench.data.synthetic import (
     scene_rng,
 )
 from mtbench.errors import MtbenchError
-from mtbench.tasks import DATASET_TASKS, HUMAN_PART_CLASSES, SYNTHETIC_SEMSEG_CLASSES
+from mtbench.tasks import DATASET_TASKS, HUMAN_PART_CLASSES, IGNORE, SYNTHETIC_SEMSEG_CLASSES
 
 NAMES = tuple(PRESETS)
 

@@ -98,3 +98,44 @@ train: {steps: 4, batch_size: 4, eval_batch_size: 4, eval_every: 2, checkpoint_e
 
     runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "ddp")
     assert len(runs) == 1 and list(runs["status"]) == ["FINISHED"] and runs["semseg/mIoU"].notna().all()
+
+
+PRUNE_SCRIPT = """
+import os, sys
+from pathlib import Path
+from mtbench.config.loading import expand_trials, load_experiment
+from mtbench.engine.trial import PrunedTrial, run_trial
+
+def prune(step, metrics):
+    raise PrunedTrial(f"pruned at step {step}")
+
+trial = expand_trials(load_experiment("d.yaml"))[0]
+try:
+    run_trial(trial, on_validate=prune)
+except PrunedTrial as err:
+    Path(f"rank{os.environ['RANK']}.txt").write_text(str(err))
+"""
+
+
+@pytest.mark.slow
+def test_pruned_trial_ends_on_every_rank(tmp_path):
+    """Rank 0 alone validates; when its hook prunes the trial, rank 1 must stop too instead of waiting forever."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    (tmp_path / "d.yaml").write_text("""name: ddp_prune
+dataset: {name: synthetic_nyud, options: {height: 32, width: 48, num_train: 16, num_val: 4, num_test: 4}}
+model: {name: shared_encoder, backbone: tiny}
+train: {steps: 6, batch_size: 4, eval_batch_size: 4, eval_every: 2, checkpoint_every: 2}
+""")
+    (tmp_path / "prune.py").write_text(PRUNE_SCRIPT)
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", f"from mtbench import tracking; tracking.ensure_store('{uri}')"],
+                   check=True, env=env)
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29613", "prune.py"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == "pruned at step 2"
+    from mtbench import tracking
+
+    runs = tracking.load_runs(uri, "ddp_prune")
+    assert list(runs["status"]) == ["KILLED"] and runs["pruned"].tolist() == [True]

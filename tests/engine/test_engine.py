@@ -70,4 +70,23 @@ def test_auxiliary_loss_weights_intermediate_predictions_like_final_ones():
     batch = {"depth": torch.full((1, 1, 4, 4), 2.0)}
     # |3 - 2| = 1 and |1 - 2| = 1 (the 1x1 map is upsampled to 4x4 first), each weighted by w_depth = 0.5.
     assert auxiliary_loss(Deep(), {"depth": l1}, {"depth": 0.5}, batch).item() == pytest.approx(1.0)
-    assert auxiliary_loss(nn.Identity(), {"depth": l1}, {"depth": 0.5}, batch) is None
+
+    class Shallow(nn.Module):
+        auxiliary: dict = {}
+
+    assert auxiliary_loss(Shallow(), {"depth": l1}, {"depth": 0.5}, batch) is None
+
+
+def test_auxiliary_task_without_labels_is_a_clear_error():
+    """PAD-Net/MTI-Net auxiliary-only tasks need their labels in the trial: named, not a bare KeyError."""
+    from torch import nn
+
+    from mtbench.engine.trainer import auxiliary_loss
+    from mtbench.errors import MtbenchError
+
+    class Deep(nn.Module):
+        auxiliary = {"initial": {"depth": torch.ones(1, 1, 2, 2), "edge": torch.zeros(1, 1, 2, 2)}}
+
+    batch = {"depth": torch.full((1, 1, 2, 2), 2.0)}
+    with pytest.raises(MtbenchError, match="auxiliary task 'edge'.*Add 'edge' to dataset.tasks"):
+        auxiliary_loss(Deep(), {"depth": nn.L1Loss()}, {"depth": 1.0}, batch)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mtbench.errors import MtbenchError
-from mtbench.metrics import METRIC_DIRECTIONS, build_meter
+from mtbench.metrics import build_meter, metric_direction, metric_directions
 from mtbench.metrics.normals import angular_error_deg
 from mtbench.metrics.saliency import max_f
 from mtbench.tasks import TASKS
@@ -243,7 +243,7 @@ def test_merged_states_equal_one_meter(task: str) -> None:
     merged = {k: torch.cat([sa[k], sb[k]]) if k in part_a.concat_states else sa[k] + sb[k] for k in sa}
     part_a.load_state_tensors(merged)
     assert part_a.compute() == pytest.approx(whole.compute())
-    assert set(whole.compute()) <= set(METRIC_DIRECTIONS)
+    assert set(whole.compute()) <= set(metric_directions([task]))
 
 
 @pytest.mark.parametrize("task", sorted(DATASET))
@@ -291,4 +291,4 @@ def test_build_meter_errors_and_variant_name() -> None:
 
 def test_primary_metric_directions_match_tasks() -> None:
     for spec in TASKS.values():
-        assert METRIC_DIRECTIONS[spec.primary_metric] is spec.higher_is_better
+        assert metric_direction(spec.primary_metric) is spec.higher_is_better

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
+from collections.abc import Mapping
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+import mtbench.metrics
+from mtbench import protocols
 from mtbench.errors import MtbenchError
-from mtbench.metrics import METRIC_DIRECTIONS, build_meter, meter_variants, split_metric_name, variant_metric_name
+from mtbench.metrics import (
+    build_meter,
+    meter_variants,
+    metric_direction,
+    metric_directions,
+    split_metric_name,
+    variant_metric_name,
+)
 from mtbench.metrics.meter import VARIANT_SEPARATOR
 from mtbench.metrics.normals import quantize_png
 from mtbench.metrics.saliency import count_thresholds, mtinet_thresholds, thresholds
 from mtbench.registry import METERS
-from mtbench.tasks import TASKS
+from mtbench.tasks import IGNORE, TASKS
 
 LN3 = math.log(3.0)
 F_HALF_PRECISION = 1.3 * 0.5 / (0.3 * 0.5 + 1.0)  # β² = 0.3, P = 1/2, R = 1 → 0.65 / 1.15 = 0.565217
@@ -94,6 +106,7 @@ def test_variant_names_are_listed_and_unknown_ones_refused() -> None:
     with pytest.raises(MtbenchError, match="unknown depth metric variant 'per_image'"):
         build_meter("depth", variant="per_image")
     assert build_meter("sal", variant="invpt").variant == "invpt"
+    assert build_meter("sal").variant == "reference"
 
 
 def test_variant_names_never_hold_the_separator() -> None:
@@ -119,8 +132,114 @@ def test_every_logged_name_says_its_variant_and_has_a_direction(task: str, varia
         key, suffix = split_metric_name(name)
         assert key.startswith(f"{task}/")
         assert suffix == (None if alias_of_reference else variant)
-        base_direction = METRIC_DIRECTIONS[key]
-        assert METRIC_DIRECTIONS[name] is base_direction
+        assert metric_direction(name) is metric_direction(key)
+
+
+def edge_batch(gen: torch.Generator, b: int = 2, h: int = 8, w: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edge logits and a {0, 1} target with an ignored row, in the Sample conventions."""
+    target = (torch.rand(b, 1, h, w, generator=gen) < 0.2).float()
+    target[:, :, 0] = IGNORE
+    return torch.randn(b, 1, h, w, generator=gen), target
+
+
+@pytest.mark.parametrize("key", METERS.names())
+def test_every_registered_meter_builds_satisfies_the_protocol_and_declares_its_directions(key: str) -> None:
+    # Every METERS entry, edge's included: built under its own name, a `protocols.Meter`, and every name its
+    # compute() logs resolves through metric_direction; its plain keys are exactly those it declares.
+    task, _, variant = key.partition(":")
+    name = variant or "reference"
+    entry = METERS.get(key)
+    meter = entry.build(dataset=DATASET[task], variant=name)
+    assert isinstance(meter, protocols.Meter)
+    assert meter.task == task and meter.variant == name
+    assert build_meter(task, dataset=DATASET[task], variant=name).variant == name
+    gen = torch.Generator().manual_seed(10)
+    meter.update(*(edge_batch(gen) if task == "edge" else random_batch(task, 2, gen)))
+    logged = meter.compute()
+    assert {split_metric_name(n) for n in logged} == {(k, meter.metric_variant) for k in entry.directions}
+    for n in logged:
+        assert metric_direction(n) is entry.directions[split_metric_name(n)[0]]
+
+
+# Today's METRIC_DIRECTIONS before directions moved to the registrations: its 21 plain keys, and every one of
+# a task's keys under each named variant of that task (aliases of the reference, such as sal's atrc, excluded).
+OLD_DIRECTIONS = {
+    "semseg/mIoU": True, "semseg/pixel_acc": True, "human_parts/mIoU": True, "human_parts/pixel_acc": True,
+    "sal/maxF": True, "sal/mIoU": True,
+    "depth/rmse": False, "depth/log_rmse": False, "depth/abs_rel": False, "depth/sq_rel": False,
+    "depth/abs_err": False,
+    "normals/mean": False, "normals/median": False, "normals/rmse": False,
+    "normals/11.25": True, "normals/22.5": True, "normals/30": True,
+    "edge/loss_bce": False, "edge/odsF": True, "edge/oisF": True, "edge/AP": True,
+}
+OLD_VARIANTS = {"semseg": ("libmtl",), "human_parts": ("libmtl",), "sal": ("invpt", "mtinet"),
+                "depth": ("astmt", "mtan"), "normals": ("mtinet_png",), "edge": ("odsf_nms", "odsf_raw")}
+
+
+def old_metric_directions() -> dict[str, bool]:
+    out = dict(OLD_DIRECTIONS)
+    for key, higher in OLD_DIRECTIONS.items():
+        out.update({variant_metric_name(key, v): higher for v in OLD_VARIANTS[key.split("/")[0]]})
+    return out
+
+
+def test_metric_direction_keeps_the_old_metric_directions_exactly() -> None:
+    old = old_metric_directions()
+    assert len(old) == 53
+    assert metric_directions() == OLD_DIRECTIONS
+    assert metric_directions(["depth", "sal"]) == {k: v for k, v in OLD_DIRECTIONS.items()
+                                                   if k.startswith(("depth/", "sal/"))}
+    for name, higher in old.items():
+        assert metric_direction(name) is higher, name
+    # Every plain key under every variant name of any task (and under a few others): resolves iff it did.
+    suffixes = {v for vs in OLD_VARIANTS.values() for v in vs} | {"atrc", "reference", "nope"}
+    for key in OLD_DIRECTIONS:
+        for name in (variant_metric_name(key, v) for v in suffixes):
+            if name in old:
+                continue
+            with pytest.raises(MtbenchError, match="unknown metric"):
+                metric_direction(name)
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("semseg/foo", r"no registered meter declares 'semseg/foo'"),
+    ("depth/rmsee", r"did you mean 'depth/rmse'"),
+    ("sal/maxF-atrc", r"'atrc' is not a named metric variant of sal \(those are: invpt, mtinet\)"),
+    ("depth/rmse-libmtl", r"'libmtl' is not a named metric variant of depth"),
+    ("sal/maxF-invpt-x", r"'invpt-x' is not a named metric variant"),
+    ("nothing", r"no registered meter declares 'nothing'"),
+])
+def test_unknown_metric_names_list_the_known_ones(name: str, why: str) -> None:
+    with pytest.raises(MtbenchError, match=rf"unknown metric '{name}': .*{why}.*Known metrics: .*depth/rmse"):
+        metric_direction(name)
+
+
+def module_dicts() -> dict[str, str]:
+    """The repr of every module-level mapping of mtbench.metrics.*, mtbench.registry and mtbench.tasks, and of
+    the meter registry's entries (a snapshot of their contents, nested ones included)."""
+    out: dict[str, str] = {}
+    for mod_name, module in list(sys.modules.items()):
+        if mod_name.startswith("mtbench.metrics") or mod_name in ("mtbench.registry", "mtbench.tasks"):
+            for attr, value in vars(module).items():
+                if isinstance(value, Mapping) and not attr.startswith("__"):
+                    out[f"{mod_name}.{attr}"] = repr(dict(value))
+    out["METERS"] = repr({k: METERS.get(k) for k in METERS.names()})
+    return out
+
+
+def test_importing_and_asking_directions_mutates_no_module_dict() -> None:
+    before = module_dicts()
+    assert not any(k.endswith("METRIC_DIRECTIONS") for k in before)
+    importlib.import_module("mtbench.metrics")
+    importlib.reload(mtbench.metrics)  # re-runs the package body: nothing there may change a dict
+    for name in old_metric_directions():
+        metric_direction(name)
+    with pytest.raises(MtbenchError):
+        metric_direction("semseg/foo")
+    listed = metric_directions()
+    listed["semseg/mIoU"] = False  # a caller's copy
+    assert metric_direction("semseg/mIoU") is True
+    assert module_dicts() == before
 
 
 def test_atrc_is_the_reference_under_its_own_name() -> None:

@@ -19,15 +19,15 @@ from mtbench.report.published import (
     logged_metric_name,
     published_row,
     published_rows,
+    references_bib,
 )
 
-BIB = DEFAULT_PATH.with_name("references.bib")
 ROWS = load_published()
 NYUD_KEYS = ["semseg/mIoU", "depth/rmse", "normals/mean", "edge/odsF"]
 
 
 def test_every_entry_becomes_a_row() -> None:
-    entries = yaml.safe_load(DEFAULT_PATH.read_text())["entries"]
+    entries = yaml.safe_load(DEFAULT_PATH.read_text(encoding="utf-8"))["entries"]
     assert len(ROWS) == len(entries) == 19
     assert [r.paper for r in ROWS.values()] == [e["paper"] for e in entries]
 
@@ -49,7 +49,7 @@ def test_one_cite_per_paper() -> None:
 
 
 def test_every_cite_has_a_bibtex_entry() -> None:
-    text = BIB.read_text()
+    text = references_bib()
     entries = dict(re.findall(r"@\w+\{(\w+),(.*?)\n\}", text, flags=re.S))
     assert {r.cite for r in ROWS.values()} <= set(entries)
     for key, body in entries.items():
