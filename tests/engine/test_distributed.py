@@ -80,28 +80,36 @@ def test_rank_comes_from_torchrun_or_slurm_and_batches_shard_contiguously():
     assert list(ShardedBatchSampler([[5, 6, 7, 8]], DistEnv(1, 2, 1))) == [[7, 8]]
 
 
+def torchrun_two_ranks(folder: Path, name: str, steps: int, args: list[str], port: int
+                      ) -> tuple[subprocess.CompletedProcess[str], str]:
+    """Write a tiny experiment `name` to folder/d.yaml and run `torchrun --nproc_per_node 2 <args>` there."""
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    (folder / "d.yaml").write_text(f"""name: {name}
+dataset: {{name: synthetic_nyud, options: {{height: 32, width: 48, num_train: 16, num_val: 4, num_test: 4}}}}
+model: {{name: shared_encoder, backbone: tiny}}
+train: {{steps: {steps}, batch_size: 4, eval_batch_size: 4, eval_every: 2, checkpoint_every: 2}}
+""")
+    uri = f"sqlite:///{folder}/mlruns.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", f"from mtbench import tracking; tracking.ensure_store('{uri}')"],
+                   check=True, env=env)
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(port), *args], cwd=folder,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result, uri
+
+
 @pytest.mark.slow
 def test_trial_runs_on_two_processes_through_torchrun(tmp_path):
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    (tmp_path / "d.yaml").write_text("""name: ddp
-dataset: {name: synthetic_nyud, options: {height: 32, width: 48, num_train: 16, num_val: 4, num_test: 4}}
-model: {name: shared_encoder, backbone: tiny}
-train: {steps: 4, batch_size: 4, eval_batch_size: 4, eval_every: 2, checkpoint_every: 2}
-""")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns.db", "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", "from mtbench import tracking; "
-                    f"tracking.ensure_store('sqlite:///{tmp_path}/mlruns.db')"], check=True, env=env)
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29611", "-m", "mtbench.cli",
-                             "run", "d.yaml"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, uri = torchrun_two_ranks(tmp_path, "ddp", 4, ["-m", "mtbench.cli", "run", "d.yaml"], port=29611)
     from mtbench import tracking
 
-    runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "ddp")
+    runs = tracking.load_runs(uri, "ddp")
     assert len(runs) == 1 and list(runs["status"]) == ["FINISHED"] and runs["semseg/mIoU"].notna().all()
 
 
 PRUNE_SCRIPT = """
-import os, sys
+import os
 from pathlib import Path
 from mtbench.config.loading import expand_trials, load_experiment
 from mtbench.engine.trial import PrunedTrial, run_trial
@@ -120,20 +128,8 @@ except PrunedTrial as err:
 @pytest.mark.slow
 def test_pruned_trial_ends_on_every_rank(tmp_path):
     """Rank 0 alone validates; when its hook prunes the trial, rank 1 must stop too instead of waiting forever."""
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-    (tmp_path / "d.yaml").write_text("""name: ddp_prune
-dataset: {name: synthetic_nyud, options: {height: 32, width: 48, num_train: 16, num_val: 4, num_test: 4}}
-model: {name: shared_encoder, backbone: tiny}
-train: {steps: 6, batch_size: 4, eval_batch_size: 4, eval_every: 2, checkpoint_every: 2}
-""")
     (tmp_path / "prune.py").write_text(PRUNE_SCRIPT)
-    uri = f"sqlite:///{tmp_path}/mlruns.db"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": "1"}
-    subprocess.run([sys.executable, "-c", f"from mtbench import tracking; tracking.ensure_store('{uri}')"],
-                   check=True, env=env)
-    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29613", "prune.py"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    _, uri = torchrun_two_ranks(tmp_path, "ddp_prune", 6, ["prune.py"], port=29613)
     assert (tmp_path / "rank0.txt").read_text() == (tmp_path / "rank1.txt").read_text() == "pruned at step 2"
     from mtbench import tracking
 
