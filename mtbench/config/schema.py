@@ -212,6 +212,22 @@ class Experiment(Sections):
 
 # Config keys that do not decide a trial's numbers: where results go and how they are read.
 NOT_IDENTITY = ("output_dir", "tracking", "reference_variant")
+# Options added after trial ids were first published, each with the value that reproduces the behaviour from
+# before it existed: at that value the key is left out of a trial's identity, so existing trials keep their
+# ids (the tracking store and resume find them by id). A new option is added here with its neutral value.
+ID_NEUTRAL: dict[str, Any] = {}
+
+
+def _without_neutral(dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` without the ID_NEUTRAL keys that hold their neutral value."""
+    for dotted, neutral in ID_NEUTRAL.items():
+        *parents, leaf = dotted.split(".")
+        node = dump
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == neutral:
+            del node[leaf]
+    return dump
 
 
 class TrialConfig(Sections):
@@ -230,7 +246,7 @@ class TrialConfig(Sections):
 
     def identity(self) -> dict[str, Any]:
         """The config that decides the trial's numbers: everything but where results go and how they are read."""
-        return self.model_dump(exclude=set(NOT_IDENTITY))
+        return _without_neutral(self.model_dump(exclude=set(NOT_IDENTITY)))
 
     @property
     def id(self) -> str:
