@@ -169,6 +169,36 @@ def status(
     print_results(exp.name, results)
 
 
+@app.command(name="eval")
+def eval_weights(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML file that builds the model and data.")],
+    weights: Annotated[Path, typer.Option(help="Weights file: an mtbench checkpoint (last.pt, best.pt) or a "
+                                               "state dict.")],
+    split: Annotated[str, typer.Option(help="Split to score: test or val.")] = "test",
+    override: Annotated[list[str] | None, typer.Option("--override", "-o", help="key.path=value (repeatable).")]
+    = None,
+    variant: Annotated[str | None, typer.Option(help="Which variant of the experiment (default: its only one).")]
+    = None,
+    seed: Annotated[int | None, typer.Option(help="Which seed of the experiment (default: its only one).")] = None,
+    smoke: Annotated[bool, typer.Option(help="The --smoke settings of `mtbench run` (for weights it wrote).")]
+    = False,
+) -> None:
+    """Score weights on a split without training; log one MLflow run of kind eval."""
+    from mtbench.config import expand_trials, load_experiment
+    from mtbench.engine.eval import check_split, evaluate_weights, pick_trial
+
+    check_split(split)
+    exp = load_experiment(experiment, list(override or []), smoke=smoke)
+    cfg = pick_trial(expand_trials(exp, where=str(experiment)), variant=variant, seed=seed)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        result = evaluate_weights(cfg, weights, split=split, progress=progress)
+    console.print(result.weights.summary(), highlight=False)
+    console.print(f"[bold]{exp.name}[/]: eval of the weights on the {split} split ({result.wall_time_s:.1f} s)")
+    print_results(exp.name, [result])
+    console.print(f"MLflow eval run {result.run_id} (kind eval: not in `mtbench report` tables).")
+
+
 def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
     """Parse repeated `key=value` options."""
     pairs = {}
@@ -200,6 +230,9 @@ def report(
     out: Annotated[Path, typer.Option(help="Folder for the reports.")] = Path("reports"),
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI "
                                                           "or sqlite:///mlruns.db).")] = None,
+    metric_variant: Annotated[list[str] | None, typer.Option(
+        help="Show a task's column in this meter variant, TASK=VARIANT (repeatable), e.g. sal=invpt to set "
+             "InvPT's published PASCAL row beside the runs.")] = None,
 ) -> None:
     """Write tables (LaTeX, Markdown, CSV) and figures from the MLflow runs; log them as a report run."""
     from mtbench import tracking
@@ -209,7 +242,8 @@ def report(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
     result = build_report(uri, list(experiment or []), out_dir=out, name=name, reference=reference,
-                          tags=_key_values(tag, "--tag"), query=query, with_published=with_published, show_std=std)
+                          tags=_key_values(tag, "--tag"), query=query, with_published=with_published, show_std=std,
+                          variants=_key_values(metric_variant, "--metric-variant"))
     table = result.table
     console.print(f"[bold]{table.name}[/]: {int(table.summary['n_seeds'].sum(skipna=True))} seed runs in "
                   f"{int((table.summary['kind'] == 'run').sum())} rows on {table.dataset_variant}; "

@@ -9,6 +9,7 @@ are none, so a batch whose human_parts map is fully ignored does not produce NaN
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 from typing import Any
@@ -63,24 +64,26 @@ class DepthL1Loss(nn.Module):
 
 
 class NormalsL1Loss(nn.Module):
-    """L1 between the L2-normalised (B, 3, H, W) prediction and the target, per valid pixel.
+    """L1 between the L2-normalised (B, 3, H, W) prediction and the target, over valid pixels.
 
-    As ATRC's `src/model/criterion.py::L1Loss(normalize=True)`: the absolute differences of the three
-    components are summed and divided by the number of valid *pixels* (not of elements, which is what
-    MTI-Net's `losses/loss_functions.py::NormalsLoss` divides by, a factor 3 apart). Valid = target norm > 0;
-    the target is used as given (unit length in the datasets).
+    The absolute differences of the three components are summed and divided by the number of valid
+    `pixels` (ATRC's `brdav/atrc: src/model/criterion.py::L1Loss(normalize=True)`, the default) or of valid
+    `elements`, 3 per valid pixel (`SimonVandenhende/Multi-Task-Learning-PyTorch:
+    losses/loss_functions.py::NormalsLoss`, MTI-Net and PAD-Net): the same loss divided by 3. Valid = target
+    norm > 0; the target is used as given (unit length in the datasets).
     """
 
-    def __init__(self, spec: TaskSpec) -> None:
+    def __init__(self, spec: TaskSpec, normalize_by: str = "pixels") -> None:
         super().__init__()
-        self.spec = spec
+        self.spec, self.normalize_by = spec, normalize_by
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:
         self.spec.check_tensors(pred, target, channels=3)
         valid = target.norm(dim=1, keepdim=True) > 0
         err = (F.normalize(pred, p=2, dim=1) - target).abs()
         err = torch.where(valid, err, torch.zeros_like(err))
-        return err.sum() / valid.sum().clamp(min=1)
+        count = valid.sum() * (3 if self.normalize_by == "elements" else 1)
+        return err.sum() / count.clamp(min=1)
 
 
 class BalancedBCELoss(nn.Module):
@@ -117,10 +120,16 @@ def l1_depth(spec: TaskSpec, *, channels: int) -> DepthL1Loss:
     return DepthL1Loss(spec)
 
 
+NORMALIZE_BY = ("pixels", "elements")
+
+
 @LOSSES.register("l1_normals")
-def l1_normals(spec: TaskSpec, *, channels: int) -> NormalsL1Loss:
-    """L1 of the normalised prediction per valid pixel."""
-    return NormalsL1Loss(spec)
+def l1_normals(spec: TaskSpec, *, channels: int, normalize_by: str = "pixels") -> NormalsL1Loss:
+    """L1 of the normalised prediction, divided by the valid pixels (ATRC) or valid elements (MTI-Net)."""
+    if normalize_by not in NORMALIZE_BY:
+        raise MtbenchError(f"{spec.name} loss: normalize_by must be one of {', '.join(NORMALIZE_BY)}; "
+                           f"got {normalize_by!r}.")
+    return NormalsL1Loss(spec, normalize_by)
 
 
 @LOSSES.register("balanced_bce")
@@ -134,8 +143,9 @@ def balanced_bce(spec: TaskSpec, *, channels: int, pos_weight: float | None = No
 def build_task_loss(task: str, *, dataset: str, **options: Any) -> nn.Module:
     """Return the loss module of `task` on `dataset`, mapping (raw prediction, Sample target) to a scalar.
 
-    The loss is `TaskSpec.loss` with `TaskSpec.loss_options`, updated by `options` (edge: `pos_weight`,
-    default 0.95, from the config's `loss.edge_pos_weight`); an option the loss does not take is an error.
+    The loss is `TaskSpec.loss` with `TaskSpec.loss_options`, updated by `options` (the config's
+    `LossConfig.task_loss_options()`: edge `pos_weight`, default 0.95; normals `normalize_by`); an option
+    the loss does not take is an error.
     """
     spec = get_task(task)
     channels = spec.num_outputs(dataset)  # also checks that the task exists on the dataset
@@ -143,8 +153,10 @@ def build_task_loss(task: str, *, dataset: str, **options: Any) -> nn.Module:
     accepted = [p for p in inspect.signature(builder).parameters if p not in ("spec", "channels")]
     for name in options:
         if name not in accepted:
-            raise MtbenchError(f"unknown option {name!r} for the {task} loss ({spec.loss}); "
-                               f"its options: {', '.join(accepted) or 'none'}.")
+            close = difflib.get_close_matches(name, accepted, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise MtbenchError(f"unknown option {name!r} for the {task} loss ({spec.loss}).{hint} "
+                               f"Its options: {', '.join(accepted) or 'none'}.")
     return builder(spec, channels=channels, **{**spec.loss_options, **options})
 
 

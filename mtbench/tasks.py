@@ -116,6 +116,11 @@ class TaskSpec:
                 f"it exists on: {', '.join(sorted(self.channels))}.")
         return self.channels[dataset]
 
+    def head_channels(self, dataset: str, *, two_logits: bool = False) -> int:
+        """Channels of this task's prediction head: `num_outputs`, or 2 for a binary task built with a 2-channel
+        softmax head (`two_logits`, as ATRC, DeMT and InvPT release saliency); other tasks ignore the flag."""
+        return 2 if two_logits and self.two_logit_head else self.num_outputs(dataset)
+
     def accepted_channels(self, dataset: str | None) -> tuple[int, ...]:
         """Prediction channel counts this task scores on `dataset` (None: any dataset it exists on)."""
         counts = sorted(set(self.channels.values())) if dataset is None else [self.num_outputs(dataset)]

@@ -8,7 +8,9 @@ several trials can share a process). The naming contract between the engine, thi
 - metrics `<split>/<task>/<metric>`, e.g. `val/semseg/mIoU` logged per evaluation step and
   `test/depth/rmse` logged once at the end; `load_runs` returns the `test/` ones with the prefix
   stripped (`depth/rmse`), which is what tables and Δm use;
-- params are the flattened resolved config (`flatten_config`), dotted keys.
+- params are the flattened resolved config (`flatten_config`), dotted keys;
+- an `mtbench eval` run (weights scored without training) has the tags of its trial plus `TAG_EVAL*`: its kind
+  is "eval", which `load_runs` leaves out unless asked and `trial_records` ignores: it never stands in for a trial.
 
 mlflow is imported inside functions: importing it takes about a second, which `mtbench --help`
 should not pay.
@@ -58,6 +60,12 @@ TAG_REPORT = "mtbench.report"  # "true" on the run that holds a `mtbench report`
 TAG_DATASET_VARIANT = "mtbench.dataset_variant"  # archive the data came from: NYUD_MT, NYUDv2, PASCAL_MT, ...
 TAG_PROTOCOL = "mtbench.protocol"  # augmentation/evaluation preset: atrc, mtinet
 TAG_REFERENCE_VARIANT = "mtbench.reference_variant"  # the experiment's Δm reference row (report default)
+# Tags of an `mtbench eval` run (run kind "eval": weights scored without training, kept out of trial tables).
+TAG_EVAL = "mtbench.eval"  # "true"
+TAG_EVAL_WEIGHTS = "mtbench.eval.weights"  # path of the weights file, as given
+TAG_EVAL_SHA256 = "mtbench.eval.weights_sha256"
+TAG_EVAL_FORMAT = "mtbench.eval.weights_format"  # "mtbench trial checkpoint", "state dict", a converter's name
+TAG_EVAL_SPLIT = "mtbench.eval.split"  # the split its `<split>/...` metrics were scored on: test or val
 TEST_PREFIX = "test/"
 
 DEFAULT_DB = "mlruns.db"
@@ -375,6 +383,9 @@ def _experiment_ids(client: MlflowClient, uri: str, names: Sequence[str] | None)
 
 
 def _run_kind(tags: Mapping[str, str]) -> str:
+    """trial, study (a study's parent run), report or eval (`mtbench eval`)."""
+    if tags.get(TAG_EVAL) == "true":
+        return "eval"
     if tags.get(TAG_REPORT) == "true":
         return "report"
     if tags.get(TAG_STUDY_PARENT) == "true":
@@ -394,7 +405,8 @@ def load_runs(uri: str, experiments: str | Sequence[str] | None = None, *, query
     """Return one row per run of `experiments` (all when None) with its final test metrics.
 
     `query` is an MLflow search filter (e.g. "tags.`mtbench.model` = 'demt' and params.`train.steps` =
-    '500'"); `kinds` keeps trial runs, study parent runs and/or `mtbench report` runs.
+    '500'"); `kinds` keeps trial runs, study parent runs, `mtbench report` runs and/or `mtbench eval` runs
+    (those only when asked: their metrics come from weights, not from a trial of this config).
     Columns: RUN_COLUMNS (`params` and `tags` hold every param and tag as dicts), then one column per `test/` metric
     with the prefix stripped (`semseg/mIoU`, `depth/rmse`, ...); NaN where a run did not log it.
     """
@@ -497,7 +509,7 @@ def trial_records(uri: str, experiment: str) -> dict[str, TrialRecord]:
         page = client.search_runs([found.experiment_id], max_results=1000, page_token=token)
         for run in page:
             trial_id = run.data.tags.get(TAG_TRIAL_ID)
-            if trial_id is None:
+            if trial_id is None or _run_kind(run.data.tags) == "eval":  # an eval run did not train the trial
                 continue
             metrics = {k[len(TEST_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(TEST_PREFIX)}
             record = TrialRecord(run.info.run_id, run.info.status, metrics)

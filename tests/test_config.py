@@ -82,6 +82,26 @@ def test_smoke_swaps_dataset_backbone_steps(write_yaml):
     ("- just\n- a list\n", [], "the top level must be a mapping"),
     ("a: [unclosed\n", [], "not valid YAML"),
     (BASE, ["noequals"], "must look like key.path=value"),
+    (BASE, ["train.optimizer.name=adamm"], "train.optimizer.name: Input should be 'adamw', 'adam' or 'sgd'"),
+    (BASE, ["train.optimizer.decay_on=norms"], "train.optimizer.decay_on: Input should be 'kernels' or 'all'"),
+    (BASE, ["train.schedule.per=iteration"], "train.schedule.per: Input should be 'step' or 'epoch'"),
+    (BASE, ["loss.task_options={depht: {normalize_by: elements}}"],
+     "loss.task_options names task(s) 'depht' that this trial does not train. Did you mean 'depth'? "
+     "Its tasks: semseg, depth, normals, edge."),
+    (BASE, ["loss.task_options={normals: {normalise_by: elements}}"],
+     "loss.task_options: unknown option 'normalise_by' for the normals loss (l1_normals). "
+     "Did you mean 'normalize_by'?"),
+    (BASE, ["loss.task_options={normals: {normalize_by: voxels}}"],
+     "loss.task_options: normals loss: normalize_by must be one of pixels, elements; got 'voxels'."),
+    (BASE, ["loss.task_options={depth: {pos_weight: 0.8}}"],
+     "loss.task_options: unknown option 'pos_weight' for the depth loss (l1_depth). Its options: none."),
+    (BASE, ["loss.task_options={normals: elements}"], "loss.task_options.normals: Input should be a valid "
+                                                      "dictionary"),
+    (BASE, ["loss.edge_pos_weight=0.8", "loss.task_options={edge: {pos_weight: 0.9}}"],
+     "the edge loss's pos_weight is given twice: loss.edge_pos_weight 0.8 and loss.task_options.edge.pos_weight "
+     "0.9; keep one of them"),
+    (BASE + "variants: [{name: v, overrides: {loss.task_options.sal: {}}}]\n", [],
+     "variant 'v': loss.task_options names task(s) 'sal' that this trial does not train"),
 ])
 def test_bad_config_is_one_clear_error(write_yaml, text, overrides, message):
     path = write_yaml("bad.yaml", text)
@@ -97,3 +117,62 @@ def test_missing_file_and_base_cycle(write_yaml, tmp_path):
     path = write_yaml("b.yaml", "base: a.yaml\n")
     with pytest.raises(MtbenchError, match="cycle"):
         load_experiment(path)
+
+
+# ---- options added after trial ids were published (ID_NEUTRAL) -----------------------------------------
+
+NEW_OPTIONS = {  # each ID_NEUTRAL key with a value other than its neutral one
+    "train.optimizer.decay_on": "all",
+    "train.schedule.per": "epoch",
+    "train.sync_bn": True,
+    "loss.task_options": {"normals": {"normalize_by": "elements"}},
+}
+
+
+def test_every_neutral_key_is_exercised():
+    from mtbench.config.schema import ID_NEUTRAL
+
+    assert set(NEW_OPTIONS) == set(ID_NEUTRAL)
+
+
+@pytest.mark.parametrize("key", sorted(NEW_OPTIONS))
+def test_neutral_value_keeps_the_trial_id_and_another_value_changes_it(write_yaml, key):
+    import json
+
+    from mtbench.config.schema import ID_NEUTRAL
+    from mtbench.tracking import flatten_config
+
+    def trial(*overrides: object):
+        texts = [f"{key}={json.dumps(value)}" for value in overrides]  # JSON is YAML
+        return expand_trials(load_experiment(path, texts))[0]
+
+    path = write_yaml("e.yaml", BASE)
+    plain, neutral, other = trial(), trial(ID_NEUTRAL[key]), trial(NEW_OPTIONS[key])
+    assert neutral.id == plain.id
+    assert other.id != plain.id
+    # The option is in the resolved config (logged, written to config.yaml), but at its neutral value not in the
+    # identity that the id hashes.
+    assert key in flatten_config(plain.model_dump())
+    assert not any(k.startswith(key) for k in flatten_config(neutral.identity()))
+    assert any(k.startswith(key) for k in flatten_config(other.identity()))
+
+
+def test_loss_task_options_merge_with_edge_pos_weight():
+    from mtbench.config.schema import LossConfig
+
+    assert LossConfig().task_loss_options() == {"edge": {"pos_weight": 0.95}}
+    assert LossConfig(edge_pos_weight=0.8, task_options={"normals": {"normalize_by": "elements"}}).task_loss_options() \
+        == {"normals": {"normalize_by": "elements"}, "edge": {"pos_weight": 0.8}}
+    # pos_weight given in task_options alone (edge_pos_weight left at its default) is the edge loss's.
+    assert LossConfig(task_options={"edge": {"pos_weight": 0.8}}).task_loss_options() == {"edge": {"pos_weight": 0.8}}
+
+
+def test_bad_loss_task_options_exit_2_through_the_cli(write_yaml, tmp_path):
+    from conftest import run_cli
+
+    path = write_yaml("e.yaml", BASE)
+    result = run_cli("run", str(path), "--dry-run", "-o", "loss.task_options={normals: {normalise_by: elements}}",
+                     cwd=tmp_path)
+    assert result.returncode == 2
+    assert "unknown option 'normalise_by' for the normals loss" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr

@@ -63,6 +63,19 @@ def test_normals_l1_normalises_prediction_and_divides_by_pixels() -> None:
     assert loss.item() == pytest.approx(1.4)
 
 
+def test_normals_l1_per_element_divides_by_three_per_valid_pixel() -> None:
+    # The same pixels as above: 2 + 0.8 = 2.8 over 2 valid pixels x 3 components = 6 elements (MTI-Net's
+    # NormalsLoss), i.e. the per-pixel loss 1.4 / 3; the ignored pixel's 3 elements do not count.
+    pred = torch.tensor([[2.0, 0, 0], [0, 3, 4], [5, 5, 5]]).T.reshape(1, 3, 1, 3)
+    target = torch.tensor([[0.0, 1, 0], [0, 0, 1], [0, 0, 0]]).T.reshape(1, 3, 1, 3)
+    per_element = build_task_loss("normals", dataset="nyud", normalize_by="elements")(pred, target)
+    assert per_element.item() == pytest.approx(2.8 / 6)
+    per_pixel = build_task_loss("normals", dataset="nyud", normalize_by="pixels")(pred, target)
+    assert per_element.item() == pytest.approx(per_pixel.item() / 3)
+    with pytest.raises(MtbenchError, match="normalize_by must be one of pixels, elements; got 'voxels'"):
+        build_task_loss("normals", dataset="nyud", normalize_by="voxels")
+
+
 # ---- balanced BCE ---------------------------------------------------------------------------------------
 
 
@@ -136,6 +149,9 @@ def test_build_task_loss_checks_its_arguments() -> None:
     assert build_task_loss("semseg", dataset="nyud").num_classes == 40
     with pytest.raises(MtbenchError, match="unknown option 'pos_weight' for the semseg loss"):
         build_task_loss("semseg", dataset="nyud", pos_weight=0.8)
+    with pytest.raises(MtbenchError, match="unknown option 'normalise_by' for the normals loss \\(l1_normals\\). "
+                                           "Did you mean 'normalize_by'\\? Its options: normalize_by."):
+        build_task_loss("normals", dataset="nyud", normalise_by="elements")
 
 
 # ---- weightings -----------------------------------------------------------------------------------------

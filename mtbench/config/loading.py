@@ -204,21 +204,42 @@ def check_names(trial: TrialConfig, where: str) -> None:
     """Check every registry name and model option of a trial now, not minutes into a sweep."""
     import mtbench.data  # noqa: F401  (registers datasets)
     import mtbench.losses  # noqa: F401  (registers weightings)
-    from mtbench.models import check_model_options
-    from mtbench.registry import BACKBONES, DATASETS, MODELS, WEIGHTINGS
+    from mtbench.models import backbone_entry, check_model_options
+    from mtbench.registry import DATASETS, MODELS, WEIGHTINGS
     from mtbench.tasks import resolve_tasks
 
     try:
         DATASETS.get(trial.dataset.name)
         resolve_tasks(trial.dataset.name, trial.dataset.tasks)
         MODELS.get(trial.model.name)
-        BACKBONES.get(trial.model.backbone)
+        backbone_entry(trial.model.backbone)
         WEIGHTINGS.get(trial.loss.weighting)
         check_model_options(trial.model.name, trial.model.options)
         check_select_metric(trial)
         check_protocol(trial)
+        check_loss_options(trial)
     except MtbenchError as err:
         raise MtbenchError(f"{where}: {err}") from None
+
+
+def check_loss_options(trial: TrialConfig) -> None:
+    """`loss.task_options` names tasks of this trial and options (and values) their losses take: build each loss."""
+    from mtbench.losses import build_task_loss
+    from mtbench.tasks import resolve_tasks
+
+    tasks = resolve_tasks(trial.dataset.name, trial.dataset.tasks)
+    unknown = [t for t in trial.loss.task_options if t not in tasks]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], tasks, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise MtbenchError(f"loss.task_options names task(s) {', '.join(map(repr, unknown))} that this trial does "
+                           f"not train.{hint} Its tasks: {', '.join(tasks)}.")
+    options = trial.loss.task_loss_options()
+    for task in tasks:
+        try:
+            build_task_loss(task, dataset=trial.dataset.name, **options.get(task, {}))
+        except MtbenchError as err:
+            raise MtbenchError(f"loss.task_options: {err}") from None
 
 
 def check_protocol(trial: TrialConfig) -> None:

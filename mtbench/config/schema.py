@@ -34,10 +34,15 @@ class ModelConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    name: Literal["adamw", "sgd"] = "adamw"
+    # adamw: decoupled weight decay; adam and sgd: coupled L2 (weight_decay * param added to the gradient),
+    # as torch.optim.Adam/SGD in the released MTI-Net, PAD-Net and InvPT (adam) and DeMT (sgd) code.
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
     lr: PositiveFloat = 1e-3
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
+    # Which parameters weight_decay applies to: kernels (dim >= 2; never norms and biases) or all of them,
+    # as the released DeMT (SGD) and MTI-Net (Adam) optimizers that get model.parameters() in one group.
+    decay_on: Literal["kernels", "all"] = "kernels"
 
 
 class ScheduleConfig(Strict):
@@ -45,6 +50,9 @@ class ScheduleConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     power: PositiveFloat = 0.9
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
+    # How often the poly/cosine factor changes: every step, or once per epoch (len(train set) // batch_size
+    # steps, last partial batch dropped), as MTI-Net's utils/common_config.py::adjust_learning_rate.
+    per: Literal["step", "epoch"] = "step"
 
 
 class TrainConfig(Strict):
@@ -63,16 +71,34 @@ class TrainConfig(Strict):
     # evaluation by `select_metric` (default: the first task's primary metric). Never the test split.
     select: Literal["final", "best_val"] = "final"
     select_metric: str | None = None
+    # Data-parallel trials on GPUs: BatchNorm -> SyncBatchNorm, so statistics span the global batch (released
+    # DeMT: trainer.sync_batchnorm). A single-process trial ignores it; on CPUs (gloo) it is an error.
+    sync_bn: bool = False
 
 
 class LossConfig(Strict):
     weighting: str = "fixed"
     weights: dict[str, float] | None = None
     edge_pos_weight: float = Field(0.95, gt=0, lt=1)
+    # {task: {option: value}} for mtbench.losses.build_task_loss, e.g. {normals: {normalize_by: elements}};
+    # names are checked against the trial's tasks and each loss's options when the config is loaded.
+    task_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    def task_options(self) -> dict[str, dict[str, Any]]:
-        """Loss options per task that this config sets (`edge_pos_weight` is the edge loss's `pos_weight`)."""
-        return {"edge": {"pos_weight": self.edge_pos_weight}}
+    @model_validator(mode="after")
+    def _one_pos_weight(self) -> LossConfig:
+        given = self.task_options.get("edge", {})
+        if "pos_weight" in given and self.edge_pos_weight != LossConfig.model_fields["edge_pos_weight"].default:
+            raise ValueError(f"the edge loss's pos_weight is given twice: loss.edge_pos_weight "
+                             f"{self.edge_pos_weight} and loss.task_options.edge.pos_weight {given['pos_weight']}; "
+                             "keep one of them")
+        return self
+
+    def task_loss_options(self) -> dict[str, dict[str, Any]]:
+        """Loss options per task: `task_options`, with `edge_pos_weight` as the edge loss's `pos_weight`
+        unless `task_options` gives it (then edge_pos_weight must be left at its default)."""
+        options = {task: dict(opts) for task, opts in self.task_options.items()}
+        options["edge"] = {"pos_weight": self.edge_pos_weight, **options.get("edge", {})}
+        return options
 
 
 class TrackingConfig(Strict):
@@ -215,7 +241,12 @@ NOT_IDENTITY = ("output_dir", "tracking", "reference_variant")
 # Options added after trial ids were first published, each with the value that reproduces the behaviour from
 # before it existed: at that value the key is left out of a trial's identity, so existing trials keep their
 # ids (the tracking store and resume find them by id). A new option is added here with its neutral value.
-ID_NEUTRAL: dict[str, Any] = {}
+ID_NEUTRAL: dict[str, Any] = {
+    "train.optimizer.decay_on": "kernels",
+    "train.schedule.per": "step",
+    "train.sync_bn": False,
+    "loss.task_options": {},
+}
 
 
 def _without_neutral(dump: dict[str, Any]) -> dict[str, Any]:

@@ -5,9 +5,10 @@ SLURM_PROCID / SLURM_NTASKS / SLURM_LOCALID when a job runs several tasks. Each 
 (mtbench.engine.batching) is cut into equal contiguous shards, one per rank; DDP averages the gradients,
 which equals the gradient of the global batch when every loss is a mean over the same number of
 elements per shard (no ignored pixels) and the model has no batch statistics: BatchNorm normalises each
-shard with its own statistics (SyncBatchNorm would share them), so a BN model trains differently from
-one process on the same global batch. Rank 0 alone tracks, evaluates and writes checkpoints, inside
-`on_main`: the one place where ranks synchronise, so that every rank passes the same points by construction.
+shard with its own statistics, so a BN model trains differently from one process on the same global batch,
+unless `train.sync_bn` turns it into SyncBatchNorm (GPUs only), which shares them. Rank 0 alone tracks,
+evaluates and writes checkpoints, inside `on_main`: the one place where ranks synchronise, so that every
+rank passes the same points by construction.
 """
 
 from __future__ import annotations
@@ -70,13 +71,32 @@ def setup(env: DistEnv, device: torch.device) -> torch.device:
     return device
 
 
-def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device) -> torch.nn.Module:
-    """DDP around `model` in a data-parallel trial (the same module: evaluation uses it unwrapped)."""
+def wrap(model: torch.nn.Module, env: DistEnv, device: torch.device, *, sync_bn: bool = False) -> torch.nn.Module:
+    """DDP around `model` in a data-parallel trial (the same module: evaluation uses it unwrapped).
+
+    With `sync_bn` its BatchNorm layers become SyncBatchNorm first, in place, keeping their parameters and
+    buffers (so the optimizer and checkpoints still hold them), as DeMT trains
+    (`yangyangxu0/DeMT: config/t-nyud/swin/baselinemt_tiny_demt.yaml::trainer.sync_batchnorm`, Lightning's
+    convert_sync_batchnorm). A single-process trial ignores it.
+    """
     if not env.enabled:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
+    if sync_bn:
+        check_sync_bn(sync_bn, env, device)
+        # Replaces the BatchNorm children in place; the new layers hold the same Parameter and buffer objects.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def check_sync_bn(sync_bn: bool, env: DistEnv, device: torch.device) -> None:
+    """Refuse `train.sync_bn` in a data-parallel trial on CPUs: PyTorch's SyncBatchNorm needs CUDA and NCCL
+    (it raises on CPU tensors under gloo), so say so before the trial starts rather than at its first step."""
+    if sync_bn and env.enabled and device.type != "cuda":
+        raise MtbenchError(f"train.sync_bn needs GPUs: this {env.world_size}-process trial runs on {device.type} "
+                           "(gloo), where PyTorch's SyncBatchNorm does not work. Run it on GPUs (NCCL), or set "
+                           "train.sync_bn: false (each process then normalises its own shard).")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -21,10 +21,21 @@ class NonFiniteLossError(MtbenchError):
     """A task's loss became NaN or infinite: the trial stops and its run is marked FAILED."""
 
 
-def lr_at(step: int, base_lr: float, schedule: ScheduleConfig, total_steps: int) -> float:
-    """Learning rate at `step`: linear warm-up, then poly or cosine decay to min_lr_ratio * base."""
+def lr_at(step: int, base_lr: float, schedule: ScheduleConfig, total_steps: int,
+          steps_per_epoch: int | None = None) -> float:
+    """Learning rate at `step`: linear warm-up, then poly or cosine decay to min_lr_ratio * base.
+
+    Warm-up is per step. With `schedule.per == "epoch"` the decay takes the progress of the first step of
+    the step's epoch (`steps_per_epoch` steps each): constant within an epoch, it changes once per epoch, and
+    for total_steps = E epochs poly gives base * (1 - e / E) ** power in epoch e = 0..E-1, as MTI-Net's
+    `SimonVandenhende/Multi-Task-Learning-PyTorch: utils/common_config.py::adjust_learning_rate`.
+    """
     if step < schedule.warmup_steps:
         return base_lr * (step + 1) / schedule.warmup_steps
+    if schedule.per == "epoch":
+        if steps_per_epoch is None or steps_per_epoch < 1:
+            raise ValueError(f"train.schedule.per: epoch needs steps_per_epoch >= 1, got {steps_per_epoch}")
+        step = max(schedule.warmup_steps, step // steps_per_epoch * steps_per_epoch)
     progress = (step - schedule.warmup_steps) / max(1, total_steps - schedule.warmup_steps)
     floor = base_lr * schedule.min_lr_ratio
     if schedule.name == "poly":
@@ -35,13 +46,24 @@ def lr_at(step: int, base_lr: float, schedule: ScheduleConfig, total_steps: int)
 
 
 def build_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW or SGD; weight decay on matrices and kernels only (dim >= 2), never on norms and biases."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optimizer.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    """AdamW (decoupled decay), Adam or SGD (coupled L2: weight_decay * p added to the gradient).
+
+    `decay_on: kernels` decays matrices and kernels only (dim >= 2), never norms and biases (nanoGPT's rule);
+    `decay_on: all` decays every parameter (one group), as the released optimizers that get all parameters:
+    `yangyangxu0/DeMT: src/model/pl_model.py::MultiTaskModel.configure_optimizers` (SGD) and
+    `SimonVandenhende/Multi-Task-Learning-PyTorch: utils/common_config.py::get_optimizer` (Adam).
+    """
     opt = cfg.optimizer
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if opt.decay_on == "all":
+        groups = [{"params": params, "weight_decay": opt.weight_decay}]
+    else:
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": opt.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum)
+    if opt.name == "adam":
+        return torch.optim.Adam(groups, lr=opt.lr)
     return torch.optim.AdamW(groups, lr=opt.lr)
 
 
@@ -76,17 +98,19 @@ def auxiliary_loss(model: nn.Module, task_losses: dict[str, nn.Module], weights:
 def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module], loader: Any,
         optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, device: torch.device, start_step: int,
         evaluate_fn: Callable[[int], None], checkpoint_fn: Callable[[int], None],
-        log_fn: Callable[[dict[str, float], int], None], progress: Any = None) -> None:
+        log_fn: Callable[[dict[str, float], int], None], progress: Any = None,
+        steps_per_epoch: int | None = None) -> None:
     """Train from `start_step` to `cfg.steps`, evaluating, checkpointing and logging at intervals.
 
-    `loader` yields exactly the batches of steps start_step..steps-1 (StepBatchSampler).
+    `loader` yields exactly the batches of steps start_step..steps-1 (StepBatchSampler), `steps_per_epoch`
+    of them per epoch (needed by `train.schedule.per: epoch`).
     """
     model.train()
     amp = cfg.amp and device.type == "cuda"
     task_id = progress.add_task("train", total=cfg.steps, completed=start_step) if progress else None
     step = start_step
     for batch in loader:
-        lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps)
+        lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps, steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = to_device(batch, device)

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 
 import mtbench
 from mtbench import tracking
-from mtbench.config.schema import NOT_IDENTITY, TrialConfig
+from mtbench.config.schema import NOT_IDENTITY, TrialConfig, _without_neutral
 from mtbench.data import DEFAULT_PROTOCOL, build_dataset
 from mtbench.engine import distributed
 from mtbench.engine.batching import StepBatchSampler, collate
@@ -33,12 +33,12 @@ from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.engine.visualize import prediction_grids
 from mtbench.errors import MtbenchError
 from mtbench.losses import build_task_loss
-from mtbench.metrics import build_meter, metric_direction
+from mtbench.metrics import build_meter, is_reference, metric_direction
 from mtbench.models import build_model
-from mtbench.profiling import measure_cost
+from mtbench.profiling import ModelCost, measure_cost
 from mtbench.protocols import Meter, TaskDataset
 from mtbench.registry import WEIGHTINGS
-from mtbench.tasks import get_task, resolve_tasks
+from mtbench.tasks import DATASET_FAMILY, get_task, resolve_tasks
 
 CHECKPOINT = "last.pt"
 BEST = "best.pt"
@@ -197,6 +197,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
     device = distributed.setup(env, resolve_device(cfg.train.device))
     try:
         distributed.check_batch(cfg.train.batch_size, env)
+        distributed.check_sync_bn(cfg.train.sync_bn, env, device)
         uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
         tracking.check_tracking_uri(uri)
         distributed.on_main(env, lambda: prepare_output(folder, fresh=not resume, cfg=cfg))
@@ -224,7 +225,7 @@ def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, fold
     model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
                         pretrained=cfg.model.pretrained, img_size=img_size, **cfg.model.options).to(device)
     weighting = WEIGHTINGS.get(cfg.loss.weighting)(tasks=tasks, weights=cfg.loss.weights).to(device)
-    loss_options = cfg.loss.task_options()
+    loss_options = cfg.loss.task_loss_options()
     task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, **loss_options.get(t, {})) for t in tasks}
     meters = {t: build_meter(t, dataset=cfg.dataset.name) for t in tasks}
     return BuiltTrial(cfg=cfg, env=env, device=device, folder=folder, tasks=tasks, protocol=protocol,
@@ -257,11 +258,16 @@ def start_run(trial: BuiltTrial, uri: str, extra_tags: dict[str, str] | None) ->
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=trial.run_id)
     trial.run_id = tracker.run_id
     resolved = cfg.model_dump()
-    tracker.log_params({**tracking.flatten_config(resolved), **cost.as_params(), "tasks": ",".join(trial.tasks),
-                        "select_metric": trial.selection.metric})
+    tracker.log_params(run_params(trial, cost))
     tracker.log_dict(resolved, "config.yaml")
     write_text_atomic(trial.folder / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     return tracker
+
+
+def run_params(trial: BuiltTrial, cost: ModelCost) -> dict[str, object]:
+    """The params of a trial's run (and of an eval run): flattened config, cost, tasks, selection metric."""
+    return {**tracking.flatten_config(trial.cfg.model_dump()), **cost.as_params(), "tasks": ",".join(trial.tasks),
+            "select_metric": trial.selection.metric}
 
 
 def run_tags(trial: BuiltTrial) -> dict[str, str]:
@@ -290,11 +296,12 @@ def fit_trial(trial: BuiltTrial, tracker: tracking.Tracker | None, *,
     def checkpoint(step: int) -> None:
         distributed.on_main(env, lambda: save_trial_checkpoint(trial, step))
 
-    fit(distributed.wrap(trial.model, env, trial.device), trial.weighting, trial.task_losses,
+    fit(distributed.wrap(trial.model, env, trial.device, sync_bn=cfg.train.sync_bn), trial.weighting, trial.task_losses,
         train_loader_for(cfg, trial.datasets["train"], trial.start_step, env), trial.optimizer, cfg.train,
         device=trial.device, start_step=trial.start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
         log_fn=tracker.log_metrics if tracker is not None else lambda metrics, step: None,
-        progress=progress if env.is_main else None)
+        progress=progress if env.is_main else None,
+        steps_per_epoch=len(trial.datasets["train"]) // cfg.train.batch_size)  # as StepBatchSampler's epochs
     validate(cfg.train.steps)
 
 
@@ -339,17 +346,27 @@ def test(trial: BuiltTrial, tracker: tracking.Tracker, *, progress: Any) -> Test
         best = load_checkpoint(trial.folder / BEST)
         trial.model.load_state_dict(best["model"])
         step = int(best["step"])
-    metrics = evaluate(trial.model, trial.loader("test"), trial.test_meters, device=trial.device, amp=cfg.train.amp,
-                       progress=progress, description="test")
+    metrics = score(trial, "test", progress=progress)
     tracker.log_metrics({f"test/{k}": v for k, v in metrics.items()}, cfg.train.steps)
     return Tested(metrics, step)
+
+
+def score(trial: BuiltTrial, split: str, *, progress: Any) -> dict[str, float]:
+    """The metrics of the model's current weights on `split`, with the final test's meters (edge odsF too)."""
+    return evaluate(trial.model, trial.loader(split), trial.test_meters, device=trial.device,
+                    amp=trial.cfg.train.amp, progress=progress, description=split)
+
+
+def log_predictions(trial: BuiltTrial, tracker: tracking.Tracker, split: str = "val") -> None:
+    """One figure per task of the first images of `split` (image, ground truth, prediction) on the run."""
+    for task, figure in prediction_grids(trial.model, trial.loader(split), trial.tasks, device=trial.device).items():
+        tracker.log_figure(figure, f"predictions/{task}.png")
 
 
 def record(trial: BuiltTrial, tracker: tracking.Tracker, tested: Tested, *, started: float) -> TrialResult:
     """Step 5: prediction figures, final metrics and wall time on the run, result.json; run FINISHED."""
     cfg = trial.cfg
-    for task, figure in prediction_grids(trial.model, trial.loader("val"), trial.tasks, device=trial.device).items():
-        tracker.log_figure(figure, f"predictions/{task}.png")
+    log_predictions(trial, tracker)
     result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id, status="FINISHED",
                          metrics=tested.metrics, wall_time_s=time.time() - started)
     tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested.step}, cfg.train.steps)
@@ -386,12 +403,23 @@ def train_loader_for(cfg: TrialConfig, dataset: Any, start_step: int, env: distr
 
 
 def final_test_meters(tasks: tuple[str, ...], dataset: str) -> dict[str, Meter]:
-    """Meters that only the final test evaluation runs because they are slow (`TaskSpec.test_meters`).
+    """Meters that only the final test runs, keyed `task:variant`: the slow ones and the published variants.
 
-    Edge's SEISM boundary evaluation (odsF/oisF/AP: 8-bit maps, NMS, 101 thresholds, matched in worker
-    processes); its validation logs the balanced-BCE proxy `edge/loss_bce` instead.
+    Slow: `TaskSpec.test_meters`, edge's SEISM boundary evaluation (odsF/oisF/AP: 8-bit maps, NMS, 101
+    thresholds, matched in worker processes; validation logs the balanced-BCE proxy `edge/loss_bce`). Published:
+    every metric variant a published row of this dataset family uses (InvPT's `sal:invpt` on PASCAL-Context), so
+    that `mtbench report --with-published` can set that row beside the run.
     """
-    return {f"{t}:{v}": build_meter(t, dataset=dataset, variant=v) for t in tasks for v in get_task(t).test_meters}
+    variants = {(t, v) for t in tasks for v in get_task(t).test_meters}
+    variants |= {(t, v) for t, v in published_variants(dataset) if t in tasks and not is_reference(t, v)}
+    return {f"{t}:{v}": build_meter(t, dataset=dataset, variant=v) for t, v in sorted(variants)}
+
+
+def published_variants(dataset: str) -> set[tuple[str, str]]:
+    """(task, meter variant) of every published row on the family of `dataset` (mtbench.report.published)."""
+    from mtbench.report.published import published_rows
+
+    return {(t, v) for row in published_rows(DATASET_FAMILY[dataset]) for t, v in row.metric_variants.items()}
 
 
 def check_same_config(saved: dict[str, Any], current: TrialConfig, path: Path) -> None:
@@ -399,7 +427,7 @@ def check_same_config(saved: dict[str, Any], current: TrialConfig, path: Path) -
 
     Only what decides the numbers counts (`TrialConfig.identity`): moving output_dir or the tracking
     store, or naming another Δm reference, does not stop a resume."""
-    saved = {k: v for k, v in saved.items() if k not in NOT_IDENTITY}
+    saved = _without_neutral({k: v for k, v in saved.items() if k not in NOT_IDENTITY})  # as identity() does
     old, new = tracking.flatten_config(saved), tracking.flatten_config(current.identity())
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:

@@ -37,13 +37,19 @@ from mtbench.registry import METERS
 from mtbench.tasks import get_task
 
 __all__ = ["REFERENCE", "Meter", "aggregate_seeds", "build_meter", "delta_m", "meter_variants", "metric_direction",
-           "metric_directions", "split_metric_name", "variant_metric_name"]
+           "is_reference", "metric_directions", "split_metric_name", "variant_metric_name"]
 
 
 def meter_variants(task: str) -> list[str]:
     """Return the metric variants of `task`: 'reference' first, then the named ones."""
     named = sorted(k.split(":", 1)[1] for k in METERS.names() if k.startswith(f"{task}:"))
     return [REFERENCE, *named]
+
+
+def is_reference(task: str, variant: str) -> bool:
+    """Whether meter `variant` of `task` is the reference definition itself or an alias of it (sal's `atrc`)."""
+    key = f"{task}:{variant}"
+    return variant == REFERENCE or (key in METERS and METERS.get(key) is METERS.get(task))
 
 
 def build_meter(task: str, *, dataset: str | None = None, variant: str | None = None, **options: Any) -> Meter:

@@ -9,7 +9,8 @@ from torch import nn
 
 from mtbench.errors import MtbenchError
 from mtbench.models import backbones, baselines, demt, invpt, mtinet, padnet  # noqa: F401  (registers entries)
-from mtbench.models.backbones import build_backbone
+from mtbench.models.backbones import backbone_entry, build_backbone
+from mtbench.models.weights import CONVERTERS, WeightsReport, load_weights
 from mtbench.registry import BACKBONES, MODELS
 
 # Arguments build_model fills in itself; the rest are the model's options.
@@ -37,10 +38,11 @@ def build_model(name: str, *, tasks: tuple[str, ...], dataset: str, backbone: st
                 **options: object) -> nn.Module:
     """Build registered model `name`; unknown options are a user error with a did-you-mean."""
     entry = MODELS.get(name)
-    BACKBONES.get(backbone)
+    backbone_entry(backbone)
     check_model_options(name, options)
     return entry.build(tasks=tasks, dataset=dataset, backbone=backbone, pretrained=pretrained,
                    img_size=img_size, **options)
 
 
-__all__ = ["MODELS", "build_backbone", "build_model", "check_model_options", "model_options"]
+__all__ = ["BACKBONES", "CONVERTERS", "MODELS", "WeightsReport", "backbone_entry", "build_backbone",
+           "build_model", "check_model_options", "load_weights", "model_options"]

@@ -3,15 +3,24 @@
 Each registered backbone yields the maps at strides 4, 8, 16 and 32 (the stride-2 stem of CNNs is
 dropped), with their channel counts read from timm's `feature_info`, never hard-coded. ViT backbones
 (`vit_*`, built by `build_vit_backbone`) are the exception: four token maps at stride 16 (for InvPT).
+
+Two per-instance changes make timm's modules compute what the released models compute (same parameters):
+Swin blocks pad to whole windows before the cyclic shift (`swin_pad_then_shift`), and HRNet fuse layers
+upsample bilinearly to the size of the branch they are added to (`hrnet_fuse_as_released`).
 """
 
 from __future__ import annotations
 
+import functools
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
+import torch.nn.functional as F
+from timm.models.hrnet import HighResolutionModule
+from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
 from mtbench.errors import MtbenchError
@@ -96,12 +105,140 @@ def _require_hub(timm_name: str, timeout: float = 3.0) -> None:
             "`model.pretrained: <path to the .pth/.safetensors file>`.") from None
 
 
-def _register(name: str, timm_name: str, *, fixed_size: bool = False, **timm_kwargs: object) -> None:
-    def build(*, pretrained: bool | str = False, img_size: tuple[int, int] | None = None) -> Backbone:
-        return create_backbone(timm_name, pretrained=pretrained,
-                               img_size=img_size if fixed_size else None, **timm_kwargs)
+def _tagged(timm_name: str, tag: str | None) -> str:
+    return f"{timm_name}.{tag}" if tag else timm_name
 
-    build.__doc__ = f"timm `{timm_name}` {timm_kwargs or ''} as an NCHW stride-4..32 feature list."
+
+# ------------------------------------------------------------------ Swin and HRNet as released
+def _swin_attn_pad_then_shift(block: SwinTransformerBlock, x: torch.Tensor) -> torch.Tensor:
+    """(Shifted) window attention of one block on (B, H, W, C): pad to whole windows, then roll.
+
+    The released DeMT Swin (yangyangxu0/DeMT:src/model/backbones/swin.py::ShiftWindowMSA.forward, a copy of
+    open-mmlab/mmsegmentation@1224480:mmseg/models/backbones/swin.py) zero-pads H, W at the bottom/right
+    to multiples of the window, rolls the padded map by -shift,
+    masks with the regions of the padded map, then rolls back and crops. timm 1.0.31
+    (timm/models/swin_transformer.py::SwinTransformerBlock._attn) rolls the unpadded map and pads after, so
+    windows and mask regions differ whenever H or W is not a multiple of the window (428x560, 512x512 inputs);
+    otherwise both are the same computation. Parameters, window clipping and the mask (`get_attn_mask` of the
+    padded map, or the buffer timm precomputed for the padded build size) are timm's own.
+    """
+    _, h, w, c = x.shape
+    wh, ww = block.window_size
+    x = F.pad(x, (0, 0, 0, (ww - w % ww) % ww, 0, (wh - h % wh) % wh))
+    hp, wp = x.shape[1], x.shape[2]
+    shifted = any(block.shift_size)
+    if shifted:
+        x = torch.roll(x, shifts=(-block.shift_size[0], -block.shift_size[1]), dims=(1, 2))
+    mask = block.get_attn_mask(x) if block.dynamic_mask else block.attn_mask
+    windows = window_partition(x, block.window_size).view(-1, block.window_area, c)
+    windows = block.attn(windows, mask=mask).view(-1, wh, ww, c)
+    x = window_reverse(windows, block.window_size, hp, wp)
+    if shifted:
+        x = torch.roll(x, shifts=block.shift_size, dims=(1, 2))
+    return x[:, :h, :w, :].contiguous()
+
+
+def swin_pad_then_shift(model: nn.Module) -> int:
+    """Give every timm Swin block in `model` the released pad-then-shift attention; returns how many.
+
+    Binds `_swin_attn_pad_then_shift` as each block's own `_attn` (timm's class is left alone). A
+    functools.partial rather than a bound method, so the fix survives pickling and deepcopy of the model.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, SwinTransformerBlock)]
+    for block in blocks:
+        block._attn = functools.partial(_swin_attn_pad_then_shift, block)
+    return len(blocks)
+
+
+# Swin needs the input size at build time (PROTOCOLS.md) and returns NHWC maps. Dynamic size lets it
+# evaluate images of another size than the training crop (NYUD_MT's 480x640 after 425x560 crops), padding
+# to whole windows as the released mmseg Swin does; at the build size the output is unchanged.
+SWIN_TIMM_KWARGS: dict[str, object] = dict(strict_img_size=False, dynamic_img_size=True)
+
+
+def create_swin_backbone(timm_name: str, *, pretrained: bool | str = False,
+                         img_size: tuple[int, int] | None = None, **timm_kwargs: object) -> Backbone:
+    """timm Swin `timm_name` with mtbench's Swin settings and the released pad-then-shift attention.
+
+    The registered swin_* backbones are built here; `timm_kwargs` (embed_dim, depths, ...) may override
+    the architecture, e.g. for a tiny Swin in tests.
+    """
+    backbone = create_backbone(timm_name, pretrained=pretrained, img_size=img_size,
+                               **{**SWIN_TIMM_KWARGS, **timm_kwargs})
+    swin_pad_then_shift(backbone.model)
+    return backbone
+
+
+def _hrnet_module_forward_as_released(module: HighResolutionModule, x: list[torch.Tensor]) -> list[torch.Tensor]:
+    """timm's HighResolutionModule.forward with each coarser branch resized to the exact size of branch i.
+
+    As the survey code's segmentation HRNet (SimonVandenhende/Multi-Task-Learning-PyTorch:
+    models/seg_hrnet.py::HighResolutionModule.forward): 1x1 conv + BN, then F.interpolate(size=x[i] size,
+    mode='bilinear', align_corners=False); the fuse Upsample supplies mode and align_corners.
+    """
+    if module.num_branches == 1:
+        return [module.branches[0](x[0])]
+    for i, branch in enumerate(module.branches):
+        x[i] = branch(x[i])
+    fused = []
+    for i, fuse_outer in enumerate(module.fuse_layers):
+        y = None
+        for j, fuse in enumerate(fuse_outer):
+            if j > i:
+                conv, bn, up = fuse
+                z = F.interpolate(bn(conv(x[j])), size=x[i].shape[-2:], mode=up.mode,
+                                  align_corners=up.align_corners)
+            else:
+                z = fuse(x[j])
+            y = z if y is None else y + z
+        fused.append(module.fuse_act(y))
+    return fused
+
+
+def hrnet_fuse_as_released(model: nn.Module) -> int:
+    """Make every fuse layer of a timm HRNet upsample as the released segmentation HRNet; returns how many.
+
+    timm's classification HRNet (timm/models/hrnet.py::HighResolutionModule._make_fuse_layers) adds each
+    coarser branch after nn.Upsample(scale_factor=2**(j-i), mode='nearest'); the survey code's HRNet
+    (models/seg_hrnet.py, used by its MTI-Net and PAD-Net) after F.interpolate to the target branch's size,
+    mode='bilinear', align_corners=False. Each fuse Upsample is set to bilinear, align_corners=False, and
+    each multi-branch module gets `_hrnet_module_forward_as_released` as its own forward, so a branch of
+    odd size (sides not multiples of 32) gets the target's size as in the release, not 2x its own.
+    Parameters are unchanged.
+    """
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, HighResolutionModule) or module.num_branches == 1:
+            continue
+        for i, fuse_outer in enumerate(module.fuse_layers):
+            for up in (fuse[-1] for j, fuse in enumerate(fuse_outer) if j > i):
+                if not isinstance(up, nn.Upsample):
+                    raise TypeError(f"timm HRNet fuse layer ends in {type(up).__name__}, not nn.Upsample; "
+                                    "hrnet_fuse_as_released needs updating for this timm version.")
+                up.mode, up.align_corners = "bilinear", False
+                count += 1
+        module.forward = functools.partial(_hrnet_module_forward_as_released, module)
+    return count
+
+
+def create_hrnet_backbone(timm_name: str, *, pretrained: bool | str = False,
+                          img_size: tuple[int, int] | None = None, **timm_kwargs: object) -> Backbone:
+    """timm HRNet `timm_name` as the four branch maps (feature_location='', PROTOCOLS.md), fused as released."""
+    backbone = create_backbone(timm_name, pretrained=pretrained, img_size=img_size,
+                               **{"feature_location": "", **timm_kwargs})
+    hrnet_fuse_as_released(backbone.model)
+    return backbone
+
+
+def _register(name: str, timm_name: str, *, fixed_size: bool = False,
+              create: Callable[..., Backbone] = create_backbone, **timm_kwargs: object) -> None:
+    def build(*, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+              tag: str | None = None) -> Backbone:
+        return create(_tagged(timm_name, tag), pretrained=pretrained,
+                      img_size=img_size if fixed_size else None, **timm_kwargs)
+
+    how = "" if create is create_backbone else f"({create.__name__}) "
+    build.__doc__ = f"timm `{timm_name}` {how}{timm_kwargs or ''} as an NCHW stride-4..32 feature list."
     BACKBONES.register(name)(BackboneEntry(build, timm_name, "pyramid"))
 
 
@@ -109,23 +246,40 @@ def _register(name: str, timm_name: str, *, fixed_size: bool = False, **timm_kwa
 _register("tiny", "test_resnet")
 _register("resnet18", "resnet18")
 _register("resnet50", "resnet50")
-# Swin needs the input size at build time (PROTOCOLS.md) and returns NHWC maps. Dynamic size lets it
-# evaluate images of another size than the training crop (NYUD_MT's 480x640 after 425x560 crops), padding
-# to whole windows as the released mmseg Swin does; at the build size the output is unchanged.
-_SWIN = dict(fixed_size=True, strict_img_size=False, dynamic_img_size=True)
-_register("swin_tiny", "swin_tiny_patch4_window7_224", **_SWIN)
-_register("swin_small", "swin_small_patch4_window7_224", **_SWIN)
-_register("swin_base", "swin_base_patch4_window7_224", **_SWIN)
-# HRNet branch features (18/36/72/144 for W18) need feature_location='' (PROTOCOLS.md).
-_register("hrnet_w18_small", "hrnet_w18_small_v2", feature_location="")
-_register("hrnet_w18", "hrnet_w18", feature_location="")
-_register("hrnet_w48", "hrnet_w48", feature_location="")
+# Swin: built for the input size, pad-then-shift window attention as the released mmseg Swin of DeMT.
+_register("swin_tiny", "swin_tiny_patch4_window7_224", fixed_size=True, create=create_swin_backbone)
+_register("swin_small", "swin_small_patch4_window7_224", fixed_size=True, create=create_swin_backbone)
+_register("swin_base", "swin_base_patch4_window7_224", fixed_size=True, create=create_swin_backbone)
+# HRNet branch features (18/36/72/144 for W18), fuse layers as the survey code's segmentation HRNet that
+# MTI-Net and PAD-Net use (bilinear to the target branch's size; timm's own is nearest x2**k), so the
+# released forward is matched to float rounding, at any input size the release takes.
+_register("hrnet_w18_small", "hrnet_w18_small_v2", create=create_hrnet_backbone)
+_register("hrnet_w18", "hrnet_w18", create=create_hrnet_backbone)
+_register("hrnet_w48", "hrnet_w48", create=create_hrnet_backbone)
+
+
+def backbone_entry(name: str) -> tuple[BackboneEntry, str | None]:
+    """The registered backbone of `name` and the timm weights tag it names, if any.
+
+    `hrnet_w18_small.ms_in1k` is mtbench's `hrnet_w18_small` with timm's `hrnet_w18_small_v2.ms_in1k` weights
+    (Microsoft's, as the released MTI-Net loads) instead of timm's default tag (`gluon_in1k` there). The tag
+    only matters with `pretrained: true`; it is checked against timm's list of weights offline.
+    """
+    base, _, tag = name.partition(".")
+    entry = BACKBONES.get(base)
+    if tag:
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{entry.timm_name}.*")]
+        if tag not in tags:
+            raise MtbenchError(f"backbone {name!r}: timm has no {entry.timm_name} weights tagged {tag!r}; "
+                               f"its tags: {', '.join(tags) or 'none'} (write `{base}.<tag>`).")
+    return entry, tag or None
 
 
 def build_backbone(name: str, *, pretrained: bool | str = False,
                    img_size: tuple[int, int] | None = None) -> Backbone | ViTBackbone:
-    """Build the registered backbone `name` (see `mtbench list`)."""
-    return BACKBONES.get(name).build(pretrained=pretrained, img_size=img_size)
+    """Build the registered backbone `name`, optionally `name.<timm tag>` (see `mtbench list`)."""
+    entry, tag = backbone_entry(name)
+    return entry.build(pretrained=pretrained, img_size=img_size, tag=tag)
 
 
 # ------------------------------------------------------------------------------------------- ViT
@@ -181,8 +335,9 @@ def create_vit(timm_name: str, *, pretrained: bool | str, img_size: tuple[int, i
 
 def _register_vit(name: str, timm_name: str) -> None:
     def build(*, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-              drop_path_rate: float = 0.0) -> ViTBackbone:
-        return create_vit(timm_name, pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)
+              drop_path_rate: float = 0.0, tag: str | None = None) -> ViTBackbone:
+        return create_vit(_tagged(timm_name, tag), pretrained=pretrained, img_size=img_size,
+                          drop_path_rate=drop_path_rate)
 
     build.__doc__ = f"timm `{timm_name}` token maps after 4 blocks, NCHW at stride 16 (for InvPT)."
     BACKBONES.register(name)(BackboneEntry(build, timm_name, "tokens"))
@@ -203,9 +358,9 @@ def vit_backbone_names() -> list[str]:
 
 def build_vit_backbone(name: str, *, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                        drop_path_rate: float = 0.0) -> ViTBackbone:
-    """Build registered ViT backbone `name`; any other backbone is a user error naming the ViTs."""
-    entry = BACKBONES.get(name)
+    """Build registered ViT backbone `name` (optionally `name.<timm tag>`); another kind is a user error."""
+    entry, tag = backbone_entry(name)
     if entry.kind != "tokens":
         raise MtbenchError(f"backbone {name!r} is not a ViT: this model needs the token maps of a vision "
                            f"transformer. Use one of: {', '.join(vit_backbone_names())}.")
-    return entry.build(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate)
+    return entry.build(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate, tag=tag)

@@ -14,13 +14,15 @@ from mtbench.tasks import get_task
 class SharedEncoder(nn.Module):
     """One backbone shared by all tasks; one light head per task on the fused multi-scale features."""
 
-    def __init__(self, backbone: Backbone, *, tasks: tuple[str, ...], dataset: str, head_channels: int = 64):
+    def __init__(self, backbone: Backbone, *, tasks: tuple[str, ...], dataset: str, head_channels: int = 64,
+                 two_logit_heads: bool = False):
         super().__init__()
         self.tasks = tuple(tasks)
         self.auxiliary: dict[str, dict[str, torch.Tensor]] = {}  # no deep supervision
         self.backbone = backbone
         self.heads = nn.ModuleDict({
-            t: TaskHead(sum(backbone.channels), get_task(t).num_outputs(dataset), head_channels) for t in tasks})
+            t: TaskHead(sum(backbone.channels), get_task(t).head_channels(dataset, two_logits=two_logit_heads),
+                        head_channels) for t in tasks})
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         fused = fuse_scales(self.backbone(image))
@@ -46,16 +48,20 @@ class SingleTask(nn.Module):
 @register_model("shared_encoder")
 def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                    pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-                   head_channels: int = 64) -> SharedEncoder:
-    """Shared-encoder multi-task baseline: hard parameter sharing, one head per task."""
+                   head_channels: int = 64, two_logit_heads: bool = False) -> SharedEncoder:
+    """Shared-encoder multi-task baseline: hard parameter sharing, one head per task.
+
+    `two_logit_heads`: saliency gets a 2-channel softmax head (the layout of ATRC, DeMT and InvPT)."""
     encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size)
-    return SharedEncoder(encoder, tasks=tasks, dataset=dataset, head_channels=head_channels)
+    return SharedEncoder(encoder, tasks=tasks, dataset=dataset, head_channels=head_channels,
+                         two_logit_heads=two_logit_heads)
 
 
 @register_model("single_task")
 def single_task(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                 pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-                head_channels: int = 64) -> SingleTask:
+                head_channels: int = 64, two_logit_heads: bool = False) -> SingleTask:
     """Single-task baselines: for each task its own backbone and head, trained in one trial."""
     return SingleTask({t: shared_encoder(tasks=(t,), dataset=dataset, backbone=backbone, pretrained=pretrained,
-                                         img_size=img_size, head_channels=head_channels) for t in tasks})
+                                         img_size=img_size, head_channels=head_channels,
+                                         two_logit_heads=two_logit_heads) for t in tasks})

@@ -287,12 +287,12 @@ class DeMT(nn.Module):
                  num_heads: int = 4, mixer_width: int = 256, mixer_depth: int = 1, channel_mixing: bool = True,
                  deformable: bool = True, split_kernel: tuple[int, int] | None = None,
                  task_interaction: bool = True, task_query: bool = True,
-                 bottleneck_channels: int | None = None) -> None:
+                 bottleneck_channels: int | None = None, two_logit_heads: bool = False) -> None:
         super().__init__()
         check_options(tasks=tasks, attention=attention, kv_reduction=kv_reduction, num_heads=num_heads,
                       mixer_width=mixer_width, mixer_depth=mixer_depth, split_kernel=split_kernel,
                       task_interaction=task_interaction, task_query=task_query)
-        outputs = {t: get_task(t).num_outputs(dataset) for t in tasks}
+        outputs = {t: get_task(t).head_channels(dataset, two_logits=two_logit_heads) for t in tasks}
         self.tasks = tuple(tasks)
         self.auxiliary: dict[str, dict[str, torch.Tensor]] = {}  # no deep supervision
         self.attention = attention
@@ -440,8 +440,10 @@ def demt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "swin_tiny", p
          kv_reduction: int = 8, num_heads: int = 4, mixer_width: int = 256, mixer_depth: int = 1,
          channel_mixing: bool = True, deformable: bool = True, split_kernel: tuple[int, int] | None = None,
          task_interaction: bool = True, task_query: bool = True,
-         bottleneck_channels: int | None = None) -> DeMT:
+         bottleneck_channels: int | None = None, two_logit_heads: bool = False) -> DeMT:
     """DeMT (AAAI'23): deformable-mixer encoder + task-aware transformer decoder (see module docstring).
+
+    `two_logit_heads`: saliency gets a 2-channel softmax head, as the released PASCAL-Context model.
 
     A `pretrained` path to a Swin checkpoint in mmseg (UperNet ADE20K, as released) or original Swin
     layout is loaded with `load_swin_checkpoint`; other paths and `true` go through timm.
@@ -455,7 +457,8 @@ def demt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "swin_tiny", p
     model = DeMT(encoder, tasks=tasks, dataset=dataset, attention=attention, kv_reduction=kv_reduction,
                  num_heads=num_heads, mixer_width=mixer_width, mixer_depth=mixer_depth,
                  channel_mixing=channel_mixing, deformable=deformable, split_kernel=split_kernel,
-                 task_interaction=task_interaction, task_query=task_query, bottleneck_channels=bottleneck_channels)
+                 task_interaction=task_interaction, task_query=task_query, bottleneck_channels=bottleneck_channels,
+                 two_logit_heads=two_logit_heads)
     if swin_state:
         model.pretrained_report = load_swin_checkpoint(encoder, state, stage_norms=model.backbone_norms)
     return model

@@ -211,12 +211,12 @@ class InvPT(nn.Module):
 
     def __init__(self, backbone: ViTBackbone, *, tasks: tuple[str, ...], dataset: str, preliminary_width: int = 512,
                  decoder_width: int = 576, num_heads: int = 2, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-                 attention_message: bool = True) -> None:
+                 attention_message: bool = True, two_logit_heads: bool = False) -> None:
         super().__init__()
-        self.tasks = tasks
+        self.tasks = tuple(tasks)
         self.backbone = backbone
         self.auxiliary: dict[str, dict[str, torch.Tensor]] = {}
-        outputs = {t: get_task(t).num_outputs(dataset) for t in tasks}
+        outputs = {t: get_task(t).head_channels(dataset, two_logits=two_logit_heads) for t in tasks}
         vit = backbone.channels[-1]
         widths = [decoder_width // 2 ** i for i in range(NUM_STAGES)]
         self.widths = widths
@@ -297,12 +297,15 @@ def check_options(*, tasks: tuple[str, ...], dataset: str, decoder_width: int, n
 def invpt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "vit_large_patch16",
           pretrained: bool | str = False, img_size: tuple[int, int] | None = None, preliminary_width: int = 512,
           decoder_width: int = 576, num_heads: int = 2, mlp_ratio: float = 4.0, drop_path_rate: float = 0.0,
-          backbone_drop_path_rate: float = 0.15, attention_message: bool = True) -> InvPT:
-    """InvPT-style (ECCV'22): ViT + inverted-pyramid cross-task transformer decoder (see module docstring)."""
+          backbone_drop_path_rate: float = 0.15, attention_message: bool = True,
+          two_logit_heads: bool = False) -> InvPT:
+    """InvPT-style (ECCV'22): ViT + inverted-pyramid cross-task transformer decoder (see module docstring).
+
+    `two_logit_heads`: saliency gets a 2-channel softmax head, as the released PASCAL-Context model."""
     check_options(tasks=tasks, dataset=dataset, decoder_width=decoder_width, num_heads=num_heads,
                   img_size=img_size)
     encoder = build_vit_backbone(backbone, pretrained=pretrained, img_size=img_size,
                                  drop_path_rate=backbone_drop_path_rate)
     return InvPT(encoder, tasks=tasks, dataset=dataset, preliminary_width=preliminary_width,
                  decoder_width=decoder_width, num_heads=num_heads, mlp_ratio=mlp_ratio,
-                 drop_path_rate=drop_path_rate, attention_message=attention_message)
+                 drop_path_rate=drop_path_rate, attention_message=attention_message, two_logit_heads=two_logit_heads)

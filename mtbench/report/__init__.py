@@ -163,7 +163,8 @@ def default_reference(trials: pd.DataFrame) -> str:
 def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("reports"),
                  name: str | None = None,
                  reference: str | None = None, tags: Mapping[str, str] | None = None, query: str | None = None,
-                 with_published: str | None = None, show_std: bool = True) -> Report:
+                 with_published: str | None = None, show_std: bool = True,
+                 variants: Mapping[str, str] | None = None) -> Report:
     """Collect the runs of `experiments`, write tables (and figures) under `out_dir/<name>/`, log them to MLflow.
 
     `reference` is the Δm reference: a row (variant) label, `published:<row>` or `none`; None takes the
@@ -179,7 +180,8 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
     trials = finished_trials(runs)
     omitted = omitted_runs(runs)
     reference = reference or default_reference(trials)
-    table = summarize(seed_results(trials), trials, name=name, reference=reference, with_published=with_published)
+    table = summarize(seed_results(trials), trials, name=name, reference=reference, with_published=with_published,
+                      variants=variants)
     target = Path(out_dir) / report_folder(name)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pandas as pd
 
 from mtbench.errors import MtbenchError
-from mtbench.metrics import delta_m
+from mtbench.metrics import build_meter, delta_m, meter_variants
 from mtbench.metrics.delta_m import signed_change
-from mtbench.metrics.meter import split_metric_name
+from mtbench.metrics.meter import split_metric_name, variant_metric_name
 from mtbench.metrics.seed_stats import summarize_seeds
 from mtbench.report.collect import TASK_ORDER, config_keys, metric_columns
 from mtbench.report.published import PublishedRow, incomparability, published_rows
@@ -86,17 +86,22 @@ def check_one_dataset(seeds: pd.DataFrame) -> str:
     return str(variants.iloc[0])
 
 
-def task_columns(seeds: pd.DataFrame) -> dict[str, str]:
+def task_columns(seeds: pd.DataFrame, variants: Mapping[str, str] | None = None) -> dict[str, str]:
     """Map each task to the one key of its primary metric that every run computed it with.
 
-    A task whose runs logged its primary metric under different metric variants (e.g. `sal/maxF` and
-    `sal/maxF-invpt`) is refused: those numbers are not comparable.
+    `variants` ({task: meter variant}) asks for a task's column in that variant (`sal: invpt` shows
+    `sal/maxF-invpt`, which runs log beside the reference to meet InvPT's published row); every run must have
+    logged it. Otherwise a task whose runs logged its primary metric under different metric variants only
+    (some `sal/maxF`, others `sal/maxF-invpt`) is refused: those numbers are not comparable.
     """
     metrics = metric_columns(seeds)
     columns: dict[str, str] = {}
     for task in TASK_ORDER:
         base = get_task(task).primary_metric
         keys = [m for m in metrics if split_metric_name(m)[0] == base]
+        if task in (variants or {}):
+            columns[task] = chosen_variant_column(seeds, task, variants[task])
+            continue
         if not keys:
             continue
         logged = seeds[keys].notna()
@@ -110,6 +115,21 @@ def task_columns(seeds: pd.DataFrame) -> dict[str, str]:
             "different definitions cannot share a column. Report them separately (--tag / --query), or rerun "
             "with one variant (`mtbench list` shows what each variant reproduces).")
     return columns
+
+
+def chosen_variant_column(seeds: pd.DataFrame, task: str, variant: str) -> str:
+    """The logged name of `task`'s primary metric under meter `variant`; every run must have logged it."""
+    if variant not in meter_variants(task):
+        raise MtbenchError(f"--metric-variant {task}={variant}: unknown {task} metric variant; valid: "
+                           f"{', '.join(meter_variants(task))}.")
+    meter = build_meter(task, dataset=next(iter(get_task(task).channels)), variant=variant)  # names: any dataset
+    key = variant_metric_name(get_task(task).primary_metric, meter.metric_variant)
+    missing = seeds[seeds[key].isna()] if key in seeds.columns else seeds
+    if not missing.empty:
+        raise MtbenchError(f"--metric-variant {task}={variant}: {key} is not logged by {_who(missing)}; runs "
+                           "log the variants of the published rows of their dataset since this version, so "
+                           "older runs need `mtbench eval` of their checkpoint or a rerun.")
+    return key
 
 
 def _interval(values: pd.Series) -> tuple[float, float]:
@@ -264,14 +284,15 @@ def config_axes(runs: pd.DataFrame, labels: Sequence[str]) -> pd.DataFrame:
 
 
 def summarize(seeds: pd.DataFrame, runs: pd.DataFrame, *, name: str, reference: str = "single_task",
-              with_published: str | None = None) -> ResultTable:
+              with_published: str | None = None, variants: Mapping[str, str] | None = None) -> ResultTable:
     """Aggregate `collect.seed_results` rows (and their runs, for config axes) into a ResultTable.
 
     `reference` is a row label (default: the single-task runs), `published:<row>` or `none`;
-    `with_published` ('nyud' or 'pascal') adds the comparable published rows of that dataset.
+    `with_published` ('nyud' or 'pascal') adds the comparable published rows of that dataset; `variants`
+    ({task: meter variant}) picks the definition a task's column shows (`task_columns`).
     """
     dataset_variant = check_one_dataset(seeds)
-    columns = task_columns(seeds)
+    columns = task_columns(seeds, variants)
     metrics = metric_columns(seeds)
     ref = resolve_reference(seeds, reference, columns, dataset_variant)
     labels = list(dict.fromkeys(seeds["label"]))

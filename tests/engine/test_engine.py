@@ -90,3 +90,117 @@ def test_auxiliary_task_without_labels_is_a_clear_error():
     batch = {"depth": torch.full((1, 1, 2, 2), 2.0)}
     with pytest.raises(MtbenchError, match="auxiliary task 'edge'.*Add 'edge' to dataset.tasks"):
         auxiliary_loss(Deep(), {"depth": nn.L1Loss()}, {"depth": 1.0}, batch)
+
+
+# ---- released-recipe options: per-epoch schedule, Adam with coupled L2, decay on every parameter, SyncBN ----
+
+
+def test_lr_poly_per_epoch_steps_once_per_epoch():
+    # 10 steps, 3 per epoch: the progress of each epoch's first step (0, 3, 6, 9) / 10, held for the epoch.
+    s = ScheduleConfig(name="poly", power=1.0, per="epoch")
+    assert [lr_at(k, 1.0, s, 10, steps_per_epoch=3) for k in range(10)] == pytest.approx(
+        [1.0, 1.0, 1.0, 0.7, 0.7, 0.7, 0.4, 0.4, 0.4, 0.1])
+    # MTI-Net: 4 epochs of 5 steps, poly 0.9 -> base * (1 - e / 4) ** 0.9 in epoch e.
+    s = ScheduleConfig(name="poly", power=0.9, per="epoch")
+    assert [lr_at(k, 2.0, s, 20, steps_per_epoch=5) for k in (0, 4, 5, 9, 10, 19)] == pytest.approx(
+        [2.0, 2.0, 2.0 * 0.75 ** 0.9, 2.0 * 0.75 ** 0.9, 2.0 * 0.5 ** 0.9, 2.0 * 0.25 ** 0.9])
+    # The default (per step) is unchanged: step 3 of 10 has progress 0.3.
+    assert lr_at(3, 1.0, ScheduleConfig(name="poly", power=1.0), 10, steps_per_epoch=3) == pytest.approx(0.7)
+    assert lr_at(4, 1.0, ScheduleConfig(name="poly", power=1.0), 10) == pytest.approx(0.6)
+
+
+def test_lr_per_epoch_keeps_warmup_per_step_and_needs_the_epoch_length():
+    # Warm-up 2 steps, 3 steps per epoch, 10 steps: steps 0, 1 warm up (0.5, 1.0); step 2 is in epoch 0, whose
+    # decay starts at the end of warm-up (progress 0); epoch 1 (steps 3-5) from step 3: (3 - 2) / 8 = 0.125.
+    s = ScheduleConfig(name="poly", power=1.0, warmup_steps=2, per="epoch")
+    assert [lr_at(k, 1.0, s, 10, steps_per_epoch=3) for k in range(7)] == pytest.approx(
+        [0.5, 1.0, 1.0, 0.875, 0.875, 0.875, 0.5])
+    c = ScheduleConfig(name="cosine", per="epoch")
+    assert lr_at(5, 1.0, c, 10, steps_per_epoch=5) == pytest.approx(0.5)  # cos(pi / 2): epoch 1 starts at 5/10
+    assert lr_at(9, 1.0, c, 10, steps_per_epoch=5) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        lr_at(5, 1.0, c, 10)
+
+
+def _linear_at(weight: float, bias: float, grad: float) -> torch.nn.Linear:
+    layer = torch.nn.Linear(1, 1)
+    with torch.no_grad():
+        layer.weight.fill_(weight)
+        layer.bias.fill_(bias)
+    layer.weight.grad, layer.bias.grad = torch.full((1, 1), grad), torch.full((1,), grad)
+    return layer
+
+
+@pytest.mark.parametrize(("name", "decay_on", "weight", "bias"), [
+    # Adam, coupled L2: g' = g + wd * p = -0.1 + 0.1 * 2 = 0.1; the first step moves by lr * g' / (|g'| + eps),
+    # so the kernel goes 2 -> 1.9 against its raw gradient; the bias (not decayed) follows g: 2 -> 2.1.
+    ("adam", "kernels", 1.9, 2.1),
+    ("adam", "all", 1.9, 1.9),  # decay_on all: the bias is decayed too
+    # AdamW, decoupled: p * (1 - lr * wd) - lr * g / (|g| + eps) = 2 * 0.99 + 0.1 = 2.08.
+    ("adamw", "kernels", 2.08, 2.1),
+    ("adamw", "all", 2.08, 2.08),
+    # SGD, coupled L2: p - lr * (g + wd * p) = 2 - 0.1 * 0.1 = 1.99; bias without decay: 2 + 0.01.
+    ("sgd", "kernels", 1.99, 2.01),
+    ("sgd", "all", 1.99, 1.99),
+])
+def test_first_optimizer_step_matches_the_hand_formula(name, decay_on, weight, bias):
+    layer = _linear_at(2.0, 2.0, -0.1)
+    opt = build_optimizer([layer], TrainConfig(optimizer={"name": name, "lr": 0.1, "weight_decay": 0.1,
+                                                          "decay_on": decay_on}))
+    opt.step()
+    assert layer.weight.item() == pytest.approx(weight, abs=1e-6)
+    assert layer.bias.item() == pytest.approx(bias, abs=1e-6)
+
+
+def test_adam_is_torch_adam_with_coupled_weight_decay():
+    # Three steps of build_optimizer's adam = torch.optim.Adam(weight_decay=wd) on the same gradients.
+    torch.manual_seed(0)
+    ours, ref = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    ref.load_state_dict(ours.state_dict())
+    opt = build_optimizer([ours], TrainConfig(optimizer={"name": "adam", "lr": 0.01, "weight_decay": 0.5,
+                                                         "decay_on": "all"}))
+    assert isinstance(opt, torch.optim.Adam) and not isinstance(opt, torch.optim.AdamW)
+    torch_adam = torch.optim.Adam(ref.parameters(), lr=0.01, weight_decay=0.5)
+    for _ in range(3):
+        x = torch.randn(4, 3)
+        for model, optimizer in ((ours, opt), (ref, torch_adam)):
+            optimizer.zero_grad()
+            model(x).square().sum().backward()
+            optimizer.step()
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(a, b)
+
+
+def test_decay_on_all_puts_norms_and_biases_in_the_decayed_group():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = build_optimizer([model], TrainConfig(optimizer={"name": "sgd", "weight_decay": 5e-4, "decay_on": "all"}))
+    (group,) = opt.param_groups
+    assert group["weight_decay"] == 5e-4
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters()}  # conv bias, BN weight and bias
+
+
+def test_sync_bn_on_cpu_is_a_clear_error_before_the_trial_starts():
+    from mtbench.engine.distributed import DistEnv, check_sync_bn
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    with pytest.raises(MtbenchError, match=r"train.sync_bn needs GPUs: this 2-process trial runs on cpu \(gloo\)"):
+        check_sync_bn(True, DistEnv(rank=0, world_size=2), cpu)
+    check_sync_bn(True, DistEnv(), cpu)  # a single-process trial ignores it
+    check_sync_bn(False, DistEnv(rank=0, world_size=2), cpu)
+    check_sync_bn(True, DistEnv(rank=1, world_size=2, local_rank=0), cuda)
+
+
+def test_sync_bn_conversion_keeps_the_parameters_the_optimizer_holds():
+    """wrap's conversion changes the trial's model in place and keeps its parameters, buffers and state_dict
+    keys, so the optimizer built before it, evaluation and checkpoints all still see the same tensors."""
+    from mtbench.engine.distributed import DistEnv, wrap
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert wrap(model, DistEnv(), torch.device("cpu"), sync_bn=True) is model  # single process: unchanged
+    assert isinstance(model[1], torch.nn.BatchNorm2d)
+    params, buffers, keys = list(model.parameters()), list(model.buffers()), list(model.state_dict())
+    assert torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) is model
+    assert isinstance(model[1], torch.nn.SyncBatchNorm)
+    assert all(a is b for a, b in zip(model.parameters(), params, strict=True))
+    assert all(a is b for a, b in zip(model.buffers(), buffers, strict=True))
+    assert list(model.state_dict()) == keys

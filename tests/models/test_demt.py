@@ -42,7 +42,8 @@ def test_swin_tiny_nyud_has_the_released_parameter_count():
 
 
 def test_swin_tiny_pascal_has_the_released_parameter_count():
-    # Released: 33,028,902 with a 2-channel saliency output; mtbench predicts saliency with 1 channel (-181).
+    # Released: 33,028,902 with a 2-channel softmax saliency head (two_logit_heads); one channel is 181 fewer.
+    assert count_params(meta_demt("pascal_context", two_logit_heads=True)) == 33_028_902
     model = meta_demt("pascal_context")
     assert count_params(model) == 33_028_902 - 181
     assert round(count_params(model) / 1e6, 2) == 33.03

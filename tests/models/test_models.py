@@ -93,3 +93,31 @@ def test_pretrained_true_offline_fails_fast_and_says_what_to_do(monkeypatch):
     monkeypatch.setattr(backbones, "HUB_HOST", "weights-host.invalid")
     with pytest.raises(MtbenchError, match=r"cannot be reached.*model.pretrained: <path"):
         build_backbone("resnet18", pretrained=True)
+
+
+def test_backbone_names_may_pin_timm_weights_by_tag():
+    from mtbench.errors import MtbenchError
+    from mtbench.models import build_backbone
+
+    # The released MTI-Net loads Microsoft's HRNet weights; timm's default tag for this model is gluon's.
+    assert build_backbone("hrnet_w18_small.ms_in1k").model.pretrained_cfg["tag"] == "ms_in1k"
+    assert build_backbone("hrnet_w18_small").model.pretrained_cfg["tag"] == "gluon_in1k"
+    with pytest.raises(MtbenchError, match=r"no hrnet_w18_small_v2 weights tagged 'ms_in22k'.*gluon_in1k, ms_in1k"):
+        build_backbone("hrnet_w18_small.ms_in22k")
+
+
+@pytest.mark.parametrize("name", ["shared_encoder", "single_task", "demt", "invpt"])
+def test_two_logit_heads_give_saliency_a_softmax_head_that_losses_and_meters_read(name):
+    from mtbench.losses import build_task_loss
+    from mtbench.metrics import build_meter
+
+    backbone, (h, w) = model_test_setting(name)
+    tasks = DATASET_TASKS["synthetic_pascal"]
+    model = build_model(name, tasks=tasks, dataset="synthetic_pascal", backbone=backbone, two_logit_heads=True)
+    preds = model(torch.randn(2, 3, h, w))
+    assert preds["sal"].shape[1] == 2 and preds["edge"].shape[1] == 1 and preds["semseg"].shape[1] == 6
+    target = torch.randint(0, 2, (2, h, w))
+    assert torch.isfinite(build_task_loss("sal", dataset="synthetic_pascal")(preds["sal"], target))
+    meter = build_meter("sal", dataset="synthetic_pascal")
+    meter.update(preds["sal"].detach(), target)
+    assert 0.0 <= meter.compute()["sal/maxF"] <= 100.0  # percent

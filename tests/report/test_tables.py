@@ -446,6 +446,27 @@ def test_published_rows_on_other_metric_definitions_are_listed_not_added(tmp_pat
     assert f"Published rows not comparable, left out ({why}): InvPT/pascal/ViT-L" in md
 
 
+def test_a_column_in_a_published_variant_brings_that_papers_rows_in(tmp_path: Path) -> None:
+    """PASCAL runs log saliency in the reference and in InvPT's definition (the published variants of their
+    dataset); `--metric-variant sal=invpt` shows InvPT's, so InvPT's rows fit and DeMT's (reference) do not."""
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    metrics = {"semseg/mIoU": 70.0, "human_parts/mIoU": 60.0, "sal/maxF": 80.0, "sal/maxF-invpt": 79.0,
+               "normals/mean": 14.5}
+    for seed in (0, 1):
+        log_run(uri, "pascal", "single_task", seed, metrics, dataset_variant="PASCAL_MT")
+    plain = build_report(uri, ["pascal"], out_dir=tmp_path / "a", with_published="pascal")
+    assert plain.table.columns["sal"] == "sal/maxF" and "InvPT/pascal/ViT-L" in plain.table.not_comparable
+    report = build_report(uri, ["pascal"], out_dir=tmp_path / "b", with_published="pascal", variants={"sal": "invpt"})
+    assert report.table.columns["sal"] == "sal/maxF-invpt"
+    assert report.table.summary.loc["single_task", "sal/maxF-invpt_mean"] == pytest.approx(79.0)
+    published = report.table.summary[report.table.summary["kind"] == "published"].index.tolist()
+    assert any(p.startswith("InvPT") for p in published) and "DeMT (Swin-T)" not in published
+    with pytest.raises(MtbenchError, match=r"--metric-variant sal=mtinet: sal/maxF-mtinet is not logged by"):
+        build_report(uri, ["pascal"], out_dir=tmp_path / "c", variants={"sal": "mtinet"})
+    with pytest.raises(MtbenchError, match=r"--metric-variant sal=nope: unknown sal metric variant; valid: "):
+        build_report(uri, ["pascal"], out_dir=tmp_path / "c", variants={"sal": "nope"})
+
+
 def test_a_lost_study_storage_skips_only_the_optuna_figures(tmp_path: Path) -> None:
     from mtbench.sweep import search
 
