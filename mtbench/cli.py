@@ -120,8 +120,8 @@ def print_trial_table(trials: list, title: str) -> None:
     console.print(table)
 
 
-def print_results(name: str, results: list) -> None:
-    """The primary test metric of every task per trial; exit 2 listing the failed trials."""
+def print_results(name: str, results: list, what: str = "primary test metrics") -> None:
+    """The primary metric of every task per trial (`what` names the split and weights); exit 2 listing failures."""
     from mtbench.engine.distributed import env_from
 
     if not env_from().is_main:  # the other processes of a data-parallel run have no metrics to show
@@ -129,7 +129,7 @@ def print_results(name: str, results: list) -> None:
     from mtbench.metrics import metric_direction
     from mtbench.tasks import TASK_NAMES, TASKS
 
-    table = Table(title=f"{name}: primary test metrics (final checkpoint)")
+    table = Table(title=f"{name}: {what}")
     table.add_column("variant", no_wrap=True)
     table.add_column("seed")
     table.add_column("status")
@@ -195,7 +195,7 @@ def eval_weights(
         result = evaluate_weights(cfg, weights, split=split, progress=progress)
     console.print(result.weights.summary(), highlight=False)
     console.print(f"[bold]{exp.name}[/]: eval of the weights on the {split} split ({result.wall_time_s:.1f} s)")
-    print_results(exp.name, [result])
+    print_results(exp.name, [result], what=f"primary {split} metrics of {Path(weights).name}")
     console.print(f"MLflow eval run {result.run_id} (kind eval: not in `mtbench report` tables).")
 
 

@@ -4,7 +4,9 @@ Follows `models/mti_net.py`, `models/seg_hrnet.py::HighResolutionHead` and
 `losses/loss_schemes.py::MTINetLoss`; with the same backbone it builds the same network, parameter for
 parameter (HRNet-18 there is HRNetV2-W18-small-v2, mtbench's `hrnet_w18_small`; tests pin the counts),
 and with the released weights loaded and the same backbone its outputs and initial predictions match the
-released forward to float rounding (checked against the released code on CPU, train and eval mode).
+released forward to float rounding (checked against the released code on CPU, train and eval mode). That
+needs the fuse layers of mtbench's HRNet, bilinear to the target branch's size as the release's segmentation
+HRNet (`backbones.hrnet_fuse_as_released`); timm's own nearest fuse is off by ~3% of the output scale.
 
 - Scales s = 3 (1/32) down to 0 (1/4) of the backbone's four maps (channels c_s). At each scale and for
   every auxiliary task, an initial prediction: two ResNet basic blocks to c_s channels on the backbone

@@ -3,7 +3,9 @@
 Follows `models/padnet.py`, `utils/common_config.py::get_backbone` (`fuse_hrnet: True`) and
 `losses/loss_schemes.py::PADNetLoss` of that codebase; with the same backbone it builds the same network,
 parameter for parameter (HRNet-18 there is HRNetV2-W18-small-v2, mtbench's `hrnet_w18_small`), and with the
-released weights loaded its outputs match the released forward to float rounding (checked on CPU).
+released weights loaded its outputs match the released forward to float rounding (checked on CPU), given the
+fuse layers of mtbench's HRNet, bilinear to the target branch's size as the release's segmentation HRNet
+(`backbones.hrnet_fuse_as_released`); timm's own nearest fuse is off by ~3% of the output scale.
 
 - Backbone: the four maps (strides 4..32) upsampled to the finest, concatenated, then a 1x1 conv
   (with bias), BN and ReLU at the same width (the released `HighResolutionFuse`, counted as backbone).
@@ -97,8 +99,9 @@ def check_size(model: str, size: tuple[int, int], backbone: Backbone) -> None:
 def backbone_features(model: str, backbone: Backbone, image: torch.Tensor) -> list[torch.Tensor]:
     """Run the backbone after `check_size`; a size the backbone cannot take becomes a MtbenchError.
 
-    HRNet adds its branches after fixed x2 upsamplings, so it needs sides divisible by 32; CNN
-    backbones take any size and give ceil-sized coarse maps, which the decoders upsample by size.
+    HRNet (fused as released: each branch resized to the exact size it is added to) and CNN backbones take
+    any size and give ceil-sized coarse maps, which the decoders upsample by size; a backbone that still
+    cannot take a size is reported with the padded size to use.
     """
     size = (int(image.shape[-2]), int(image.shape[-1]))
     check_size(model, size, backbone)
