@@ -42,9 +42,12 @@ def run(
     = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow SLURM jobs to the end, or submit and "
                                        "return (re-attach with `mtbench status`).")] = True,
+    variant: Annotated[str | None, typer.Option(help="Run only the trials of this variant.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Run only the trials of this seed.")] = None,
 ) -> None:
     """Run every trial (variant x grid point x seed, or an Optuna study) of an experiment; each is an MLflow run."""
     from mtbench.config import expand_trials, load_experiment
+    from mtbench.config.loading import select_trials
 
     overrides = list(override or [])
     if launcher is not None:
@@ -62,11 +65,13 @@ def run(
         console.print(summary)
         return
     trials = expand_trials(exp, where=str(experiment))
+    if variant is not None or seed is not None:
+        trials = select_trials(trials, variant=variant, seed=seed)
     if dry_run:
         print_trial_table(trials, title=f"{exp.name}: {len(trials)} trials (dry run: nothing runs)")
         return
-    console.print(f"[bold]{exp.name}[/]: {len(trials)} trials ({len(trials) // len(exp.seeds)} variants x "
-                  f"{len(exp.seeds)} seeds) on {exp.launcher.name}"
+    console.print(f"[bold]{exp.name}[/]: {len(trials)} trials ({len({t.variant for t in trials})} variants x "
+                  f"{len({t.seed for t in trials})} seeds) on {exp.launcher.name}"
                   + (f" x {exp.launcher.workers} workers" if exp.launcher.name == "local" and
                      exp.launcher.workers > 1 else ""))
     results = launch_with_display(trials, exp.launcher, fresh=not resume, wait=wait)

@@ -176,3 +176,21 @@ def test_bad_loss_task_options_exit_2_through_the_cli(write_yaml, tmp_path):
     assert result.returncode == 2
     assert "unknown option 'normalise_by' for the normals loss" in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_selects_trials_by_variant_and_seed(tmp_path):
+    from conftest import EXPERIMENTS, run_cli
+
+    from mtbench.config.loading import select_trials
+
+    trials = expand_trials(load_experiment(EXPERIMENTS / "quickstart.yaml"))
+    assert [(t.variant, t.seed) for t in select_trials(trials, variant="demt")] == [("demt", 0), ("demt", 1)]
+    assert [(t.variant, t.seed) for t in select_trials(trials, seed=1)] == [
+        ("single_task", 1), ("shared_encoder", 1), ("demt", 1)]
+    with pytest.raises(MtbenchError, match="no trial with seed 7"):
+        select_trials(trials, seed=7)
+    result = run_cli("run", str(EXPERIMENTS / "quickstart.yaml"), "--variant", "demtt", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2 and "no variant 'demtt'. Did you mean 'demt'?" in result.stderr + result.stdout
+    result = run_cli("run", str(EXPERIMENTS / "quickstart.yaml"), "--variant", "demt", "--seed", "1", "--dry-run",
+                     cwd=tmp_path)
+    assert result.returncode == 0 and "7bbdad6c3295" in result.stdout and "1 trials" in result.stdout

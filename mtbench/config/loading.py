@@ -284,6 +284,23 @@ def expand_trials(experiment: Experiment, where: str = "experiment") -> list[Tri
     return trials
 
 
+def select_trials(trials: list[TrialConfig], *, variant: str | None = None, seed: int | None = None,
+                  ) -> list[TrialConfig]:
+    """The trials of `variant` and `seed` (None: any); naming none of the experiment's trials is a user error."""
+    chosen = [t for t in trials if (variant is None or t.variant == variant) and (seed is None or t.seed == seed)]
+    if chosen:
+        return chosen
+    listed = ", ".join(f"{t.variant} seed {t.seed}" for t in trials)
+    name = trials[0].experiment if trials else "?"
+    variants = sorted({t.variant for t in trials})
+    if variant is not None and variant not in variants:
+        close = difflib.get_close_matches(variant, variants, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise MtbenchError(f"experiment {name!r} has no variant {variant!r}.{hint} Its trials: {listed}.")
+    raise MtbenchError(f"experiment {name!r} has no trial with seed {seed}"
+                       + (f" in variant {variant!r}" if variant else "") + f". Its trials: {listed}.")
+
+
 def grid_points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     """The cartesian product of a grid as {dotted key: value} dicts, in key order ([{}] for no grid)."""
     keys = list(grid)

@@ -9,7 +9,6 @@ nothing.
 
 from __future__ import annotations
 
-import difflib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbench import tracking
+from mtbench.config.loading import select_trials
 from mtbench.config.schema import TrialConfig
 from mtbench.engine import distributed
 from mtbench.engine.trial import (
@@ -65,21 +65,12 @@ def check_split(split: str) -> None:
 
 def pick_trial(trials: list[TrialConfig], *, variant: str | None = None, seed: int | None = None) -> TrialConfig:
     """The trial that `variant` and `seed` name among an experiment's trials; without them its only trial."""
-    chosen = [t for t in trials if (variant is None or t.variant == variant) and (seed is None or t.seed == seed)]
+    chosen = select_trials(trials, variant=variant, seed=seed)
     if len(chosen) == 1:
         return chosen[0]
     listed = ", ".join(f"{t.variant} seed {t.seed}" for t in trials)
-    name = trials[0].experiment if trials else "?"
-    if chosen:
-        raise MtbenchError(f"experiment {name!r} has {len(chosen)} trials that match: {listed}. Name one with "
-                           "--variant NAME and --seed K.")
-    variants = sorted({t.variant for t in trials})
-    if variant is not None and variant not in variants:
-        close = difflib.get_close_matches(variant, variants, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise MtbenchError(f"experiment {name!r} has no variant {variant!r}.{hint} Its trials: {listed}.")
-    raise MtbenchError(f"experiment {name!r} has no trial with seed {seed}"
-                       + (f" in variant {variant!r}" if variant else "") + f". Its trials: {listed}.")
+    raise MtbenchError(f"experiment {trials[0].experiment!r} has {len(chosen)} trials that match: {listed}. Name "
+                       "one with --variant NAME and --seed K.")
 
 
 def evaluate_weights(cfg: TrialConfig, weights: str | Path, *, split: str = "test", progress: Any = None,

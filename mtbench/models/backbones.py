@@ -80,16 +80,17 @@ def _create_timm(timm_name: str, *, pretrained: bool | str, **kwargs: object) ->
             _require_hub(timm_name)
     try:
         return timm.create_model(timm_name, **kwargs)
-    except (OSError, RuntimeError, ValueError) as err:
-        if pretrained is True:
+    except (OSError, RuntimeError, ValueError, AttributeError, KeyError) as err:
+        if pretrained is True and not isinstance(err, AttributeError | KeyError):
             raise MtbenchError(
                 f"could not get pretrained weights for backbone {timm_name!r} ({type(err).__name__}: "
                 f"{str(err).splitlines()[0] if str(err) else ''}). mtbench downloads nothing you did not "
                 "ask for; this machine may be offline. Download the timm weights for this model "
                 "elsewhere and set `model.pretrained: <path to the .pth/.safetensors file>`.") from None
-        if isinstance(pretrained, str):
-            raise MtbenchError(f"model.pretrained: could not load {pretrained!r} into {timm_name!r}: "
-                               f"{err}") from None
+        if isinstance(pretrained, str):  # e.g. an mmseg UperNet checkpoint, whose keys timm's filters do not know
+            raise MtbenchError(f"model.pretrained: could not load {pretrained!r} into {timm_name!r} "
+                               f"({type(err).__name__}: {err}). Give a timm/PyTorch state_dict of this backbone; "
+                               "mmseg/UperNet Swin checkpoints load into the `demt` model only.") from None
         raise
 
 

@@ -37,10 +37,12 @@ Deviations (each one stated, none silent):
   embedding, so block 18's map is unused), the stage-1 1x1 `redu_chan` convs, the stage-1 score-fuse conv
   (no previous stage), the unused `norm_mt` and the fuse biases. Release, ViT-L, random init: NYUD 402,092,888
   built / 395,453,322 that reach an output (ours: 395,453,322); PASCAL 422,929,810 / 415,957,604 (ours:
-  415,955,938, 1,666 fewer because saliency has 1 channel). Loaded with the release's weights, mtbench's
-  model reproduces its outputs to 1e-6 (checked outside the repo against the released code).
-- BatchNorm2d instead of SyncBatchNorm: under DDP, batch statistics are per process (the release: 2 images x 3 GPUs).
-- Saliency has 1 output channel in mtbench (balanced BCE), 2 in the release (softmax cross-entropy).
+  415,955,938 with a 1-channel saliency head, 1,666 fewer). Loaded with the release's weights
+  (`mtbench.models.load_weights`, mtbench/models/released.py), mtbench's model reproduces its outputs to 4.5e-6
+  (checked outside the repo against the released code; docs/released_checkpoints.md).
+- BatchNorm2d, which `train.sync_bn: true` turns into SyncBatchNorm under DDP as the release's decoder has.
+- Saliency: 1 output channel (balanced BCE) by default; `two_logit_heads: true` builds the release's 2-channel
+  softmax head (the loss scores z1 - z0, as ATRC's balanced cross-entropy).
 - Sizes: any input whose sides are multiples of 32 (patch 16 x the decoder's half-grid start); the release
   needs multiples of 64 and its build size. Messages are resized to the next stage's query grid by size,
   which equals the release's 2x upsampling whenever the release runs.
