@@ -9,7 +9,6 @@ are none, so a batch whose human_parts map is fully ignored does not produce NaN
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from typing import Any
@@ -20,7 +19,7 @@ from torch import Tensor, nn
 
 from mtbench.balanced_bce import balanced_bce_sum
 from mtbench.errors import MtbenchError
-from mtbench.registry import LOSSES, WEIGHTINGS
+from mtbench.registry import LOSSES, WEIGHTINGS, check_keywords
 from mtbench.tasks import TaskSpec, get_task
 
 # Fixed task weights of ATRC, also used by DeMT and InvPT (brdav/atrc: src/model/builder.py::get_criterion).
@@ -151,12 +150,7 @@ def build_task_loss(task: str, *, dataset: str, **options: Any) -> nn.Module:
     channels = spec.num_outputs(dataset)  # also checks that the task exists on the dataset
     builder = LOSSES.get(spec.loss)
     accepted = [p for p in inspect.signature(builder).parameters if p not in ("spec", "channels")]
-    for name in options:
-        if name not in accepted:
-            close = difflib.get_close_matches(name, accepted, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise MtbenchError(f"unknown option {name!r} for the {task} loss ({spec.loss}).{hint} "
-                               f"Its options: {', '.join(accepted) or 'none'}.")
+    check_keywords(options, accepted, f"the {task} loss ({spec.loss})")
     return builder(spec, channels=channels, **{**spec.loss_options, **options})
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
@@ -56,6 +56,17 @@ class Registry(Generic[T]):
     def __repr__(self) -> str:
         rows = "\n".join(f"  {name}" for name in self.names())
         return f"Registry[{self.kind}] ({len(self)} entries)\n{rows}"
+
+
+def check_keywords(given: Iterable[str], accepted: Sequence[str], what: str) -> None:
+    """Raise MtbenchError for the first of `given` that `accepted` lacks: a builder option typo named with a
+    did-you-mean and the valid options, instead of a TypeError from inside the builder."""
+    for name in given:
+        if name not in accepted:
+            close = difflib.get_close_matches(name, list(accepted), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise MtbenchError(f"unknown option {name!r} for {what}.{hint} "
+                               f"Its options: {', '.join(accepted) or 'none'}.")
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,8 +12,7 @@ from torch.utils.data import Dataset
 from mtbench.data import dataset as _synthetic_datasets  # noqa: F401  (registers synthetic_*)
 from mtbench.data import nyud as _nyud  # noqa: F401  (registers nyud)
 from mtbench.data import pascal_context as _pascal_context  # noqa: F401  (registers pascal_context)
-from mtbench.errors import MtbenchError
-from mtbench.registry import DATASETS
+from mtbench.registry import DATASETS, check_keywords
 from mtbench.tasks import resolve_tasks
 
 _COMMON = ("root", "split", "tasks", "protocol")
@@ -33,13 +31,8 @@ def build_dataset(name: str, *, root: str | Path | None = None, split: str,
     Synthetic datasets ignore `root`.
     """
     builder = DATASETS.get(name)
-    valid = [p for p in inspect.signature(builder).parameters if p not in _COMMON]
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise MtbenchError(f"unknown option {key!r} for dataset {name!r}.{hint} "
-                               f"Valid options: {', '.join(valid)}.")
+    check_keywords(options, [p for p in inspect.signature(builder).parameters if p not in _COMMON],
+                   f"dataset {name!r}")
     task_list = None if tasks is None else [tasks] if isinstance(tasks, str) else list(tasks)
     return builder(root=root, split=split, tasks=resolve_tasks(name, task_list), protocol=protocol,
                    **options)

@@ -33,7 +33,7 @@ from mtbench.metrics.meter import (
     split_metric_name,
     variant_metric_name,
 )
-from mtbench.registry import METERS
+from mtbench.registry import METERS, check_keywords
 from mtbench.tasks import get_task
 
 __all__ = ["REFERENCE", "Meter", "aggregate_seeds", "build_meter", "delta_m", "meter_variants", "metric_direction",
@@ -68,11 +68,5 @@ def build_meter(task: str, *, dataset: str | None = None, variant: str | None = 
         raise MtbenchError(f"unknown {task} metric variant {name!r}{hint}; valid: {', '.join(valid)}.")
     build = METERS.get(key).build
     accepted = [p for p in inspect.signature(build).parameters if p not in ("dataset", "variant")]
-    for opt in options:
-        if opt not in accepted:
-            close = difflib.get_close_matches(opt, accepted, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            valid = ", ".join(accepted) or "none"
-            raise MtbenchError(f"unknown option {opt!r} for the {task} meter ({name}).{hint} "
-                               f"Its options: {valid}.")
+    check_keywords(options, accepted, f"the {task} meter ({name})")
     return build(dataset=dataset, variant=name, **options)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 
 from torch import nn
 
-from mtbench.errors import MtbenchError
 from mtbench.models import backbones, baselines, demt, invpt, mtinet, padnet  # noqa: F401  (registers entries)
 from mtbench.models.backbones import backbone_entry, build_backbone
 from mtbench.models.weights import CONVERTERS, WeightsReport, load_weights
-from mtbench.registry import BACKBONES, MODELS
+from mtbench.registry import BACKBONES, MODELS, check_keywords
 
 # Arguments build_model fills in itself; the rest are the model's options.
 _FIXED = ("tasks", "dataset", "backbone", "pretrained", "img_size")
@@ -25,12 +23,7 @@ def model_options(name: str) -> dict[str, object]:
 
 def check_model_options(name: str, options: dict[str, object]) -> None:
     """Raise MtbenchError, with a did-you-mean, for an option that model `name` does not take."""
-    valid = model_options(name)
-    for key in options:
-        if key not in valid:
-            close = difflib.get_close_matches(key, list(valid), n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else f" Valid options: {', '.join(valid) or 'none'}."
-            raise MtbenchError(f"unknown option {key!r} for model {name!r}.{hint}")
+    check_keywords(options, list(model_options(name)), f"model {name!r}")
 
 
 def build_model(name: str, *, tasks: tuple[str, ...], dataset: str, backbone: str,
