@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from mtbench.config.schema import TrialConfig
 from mtbench.engine import distributed
 from mtbench.engine.trial import (
     BuiltTrial,
+    TrialResult,
     build,
     closed_on_error,
     log_predictions,
@@ -39,22 +40,12 @@ REPORT_JSON = "weights_report.json"
 REPORT_TEXT = "weights_report.txt"
 
 
-@dataclass
-class EvalResult:
-    """What an eval gives back: the metrics of the weights on the split, its run, and the weights report.
+@dataclass(kw_only=True)
+class EvalResult(TrialResult):
+    """A TrialResult (what the CLI's results table reads) plus the split scored and the weights report."""
 
-    Has the fields of a TrialResult that the CLI's results table reads (key, variant, seed, status, metrics).
-    """
-
-    key: str
-    variant: str
-    seed: int
-    run_id: str
-    status: str
     split: str
     weights: WeightsReport
-    metrics: dict[str, float] = field(default_factory=dict)
-    wall_time_s: float = 0.0
 
 
 def check_split(split: str) -> None:
