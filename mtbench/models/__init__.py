@@ -6,7 +6,8 @@ import inspect
 
 from torch import nn
 
-from mtbench.models import backbones, baselines, demt, invpt, mtinet, padnet  # noqa: F401  (registers entries)
+# Importing registers: models, backbones, and the converter of the authors' released checkpoints.
+from mtbench.models import backbones, baselines, demt, invpt, mtinet, padnet, released  # noqa: F401
 from mtbench.models.backbones import backbone_entry, build_backbone
 from mtbench.models.weights import CONVERTERS, WeightsReport, load_weights
 from mtbench.registry import BACKBONES, MODELS, check_keywords

@@ -27,6 +27,7 @@ from mtbench.models.demt import DeMT, unfold_to_swin_order
 from mtbench.models.invpt import InvPT
 from mtbench.models.mtinet import MTINet
 from mtbench.models.padnet import PADNet
+from mtbench.models.weights import CONVERTERS, Conversion
 
 SHOWN = 4  # keys named in an error message
 NAMES = {"demt": "DeMT", "invpt": "InvPT", "mtinet": "MTI-Net", "padnet": "PAD-Net"}
@@ -373,3 +374,18 @@ def report_entries(mappings: list[KeyMapping]) -> tuple[dict[str, str], dict[str
     mapped = {m.source: m.describe() for m in mappings if m.target is not None}
     dropped = {m.source: m.reason for m in mappings if m.target is None}
     return mapped, dropped
+
+
+class ReleasedConverter:
+    """The authors' DeMT, InvPT, MTI-Net and PAD-Net checkpoints, recognised by their keys (`detect_release`)."""
+
+    def matches(self, state: Mapping[str, Tensor], model: nn.Module) -> bool:
+        return detect_release(state) is not None
+
+    def convert(self, state: Mapping[str, Tensor], model: nn.Module) -> Conversion:
+        release = detect_release(state)
+        converted, keys = convert_released(state, model, release)
+        return Conversion(converted, *report_entries(keys), name=f"released {release}")
+
+
+CONVERTERS.register("released")(ReleasedConverter())

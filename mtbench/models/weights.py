@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from mtbench.errors import MtbenchError
-from mtbench.models.released import convert_released, detect_release, report_entries
 from mtbench.registry import Registry
 from mtbench.tasks import resolve_tasks
 
@@ -41,6 +40,7 @@ class Conversion:
     state: dict[str, Tensor]
     mapped: dict[str, str] = field(default_factory=dict)  # key in the file -> key in the model
     dropped: dict[str, str] = field(default_factory=dict)  # key in the file -> why it is not loaded
+    name: str | None = None  # what the report calls the format, when more precise than the converter's name
 
 
 class WeightsConverter(Protocol):
@@ -214,17 +214,15 @@ def convert(state: dict[str, Tensor], model: nn.Module, path: Path,
             name: str | None) -> tuple[Conversion, str | None]:
     """The state dict in the model's keys: as it is when they match, else through a matching converter."""
     if name is not None:
-        return CONVERTERS.get(name).convert(state, model), name
+        conversion = CONVERTERS.get(name).convert(state, model)
+        return conversion, conversion.name or name
     if set(state) == set(model.state_dict()):
         return Conversion(state), None
-    release = detect_release(state)  # the authors' DeMT, InvPT, MTI-Net, PAD-Net keys (models/released.py)
-    if release is not None:
-        converted, keys = convert_released(state, model, release)
-        return Conversion(converted, *report_entries(keys)), f"released {release}"
-    for candidate in CONVERTERS:
+    for candidate in CONVERTERS:  # e.g. "released": the authors' checkpoints (mtbench/models/released.py)
         converter = CONVERTERS.get(candidate)
         if converter.matches(state, model):
-            return converter.convert(state, model), candidate
+            conversion = converter.convert(state, model)
+            return conversion, conversion.name or candidate
     return Conversion(state), None
 
 
