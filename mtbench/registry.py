@@ -85,7 +85,7 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class BackboneEntry:
-    """A registered backbone: `build(*, pretrained, img_size) -> mtbench.protocols.FeatureBackbone`.
+    """A registered backbone: `build(*, pretrained, img_size, drop_path_rate, tag) -> FeatureBackbone`.
 
     `timm_name` is the timm model it wraps; `kind` is "pyramid" (maps at strides 4, 8, 16, 32) or
     "tokens" (a ViT's token maps, all at its patch stride).

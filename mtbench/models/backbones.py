@@ -234,9 +234,16 @@ def create_hrnet_backbone(timm_name: str, *, pretrained: bool | str = False,
 def _register(name: str, timm_name: str, *, fixed_size: bool = False,
               create: Callable[..., Backbone] = create_backbone, **timm_kwargs: object) -> None:
     def build(*, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-              tag: str | None = None) -> Backbone:
-        return create(_tagged(timm_name, tag), pretrained=pretrained,
-                      img_size=img_size if fixed_size else None, **timm_kwargs)
+              drop_path_rate: float = 0.0, tag: str | None = None) -> Backbone:
+        stochastic_depth = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
+        try:
+            return create(_tagged(timm_name, tag), pretrained=pretrained,
+                          img_size=img_size if fixed_size else None, **timm_kwargs, **stochastic_depth)
+        except TypeError as e:
+            if not stochastic_depth or "drop_path_rate" not in str(e):
+                raise
+            raise MtbenchError(f"backbone {name!r} (timm {timm_name}) has no stochastic depth: drop its "
+                               "drop_path_rate option (model.options.backbone_drop_path_rate).") from None
 
     how = "" if create is create_backbone else f"({create.__name__}) "
     build.__doc__ = f"timm `{timm_name}` {how}{timm_kwargs or ''} as an NCHW stride-4..32 feature list."
@@ -276,11 +283,16 @@ def backbone_entry(name: str) -> tuple[BackboneEntry, str | None]:
     return entry, tag or None
 
 
-def build_backbone(name: str, *, pretrained: bool | str = False,
-                   img_size: tuple[int, int] | None = None) -> Backbone | ViTBackbone:
-    """Build the registered backbone `name`, optionally `name.<timm tag>` (see `mtbench list`)."""
+def build_backbone(name: str, *, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
+                   drop_path_rate: float = 0.0) -> Backbone | ViTBackbone:
+    """Build the registered backbone `name`, optionally `name.<timm tag>` (see `mtbench list`).
+
+    `drop_path_rate`: timm's stochastic depth, rising linearly over the blocks to this rate (Swin, ViT).
+    """
     entry, tag = backbone_entry(name)
-    return entry.build(pretrained=pretrained, img_size=img_size, tag=tag)
+    if not (isinstance(drop_path_rate, int | float) and 0.0 <= drop_path_rate < 1.0):
+        raise MtbenchError(f"drop_path_rate must be a number in [0, 1); got {drop_path_rate!r}.")
+    return entry.build(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate, tag=tag)
 
 
 # ------------------------------------------------------------------------------------------- ViT

@@ -48,11 +48,14 @@ class SingleTask(nn.Module):
 @register_model("shared_encoder")
 def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                    pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-                   head_channels: int = 64, two_logit_heads: bool = False) -> SharedEncoder:
+                   head_channels: int = 64, two_logit_heads: bool = False,
+                   backbone_drop_path_rate: float = 0.0) -> SharedEncoder:
     """Shared-encoder multi-task baseline: hard parameter sharing, one head per task.
 
-    `two_logit_heads`: saliency gets a 2-channel softmax head (the layout of ATRC, DeMT and InvPT)."""
-    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size)
+    `two_logit_heads`: saliency gets a 2-channel softmax head (the layout of ATRC, DeMT and InvPT).
+    `backbone_drop_path_rate`: the backbone's stochastic depth (Swin, ViT)."""
+    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size,
+                             drop_path_rate=backbone_drop_path_rate)
     return SharedEncoder(encoder, tasks=tasks, dataset=dataset, head_channels=head_channels,
                          two_logit_heads=two_logit_heads)
 
@@ -60,8 +63,10 @@ def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "res
 @register_model("single_task")
 def single_task(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                 pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-                head_channels: int = 64, two_logit_heads: bool = False) -> SingleTask:
+                head_channels: int = 64, two_logit_heads: bool = False,
+                backbone_drop_path_rate: float = 0.0) -> SingleTask:
     """Single-task baselines: for each task its own backbone and head, trained in one trial."""
     return SingleTask({t: shared_encoder(tasks=(t,), dataset=dataset, backbone=backbone, pretrained=pretrained,
                                          img_size=img_size, head_channels=head_channels,
-                                         two_logit_heads=two_logit_heads) for t in tasks})
+                                         two_logit_heads=two_logit_heads,
+                                         backbone_drop_path_rate=backbone_drop_path_rate) for t in tasks})

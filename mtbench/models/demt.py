@@ -57,6 +57,24 @@ from mtbench.tasks import get_task
 ATTENTION_MODES = ("released", "tokens")
 
 
+def padded_size(size: tuple[int, int] | torch.Size, stride: int) -> tuple[int, int]:
+    """`size` rounded up to multiples of `stride`."""
+    return -(-int(size[0]) // stride) * stride, -(-int(size[1]) // stride) * stride
+
+
+def pad_bottom_right(image: torch.Tensor, stride: int) -> torch.Tensor:
+    """Zero-pad the (normalised) image at the bottom/right to multiples of `stride`, as the released Swin.
+
+    The released mmseg Swin pads its input to whole patches inside `PatchEmbed.forward` (425x560 NYUD crops
+    run as 428x560), and the head resizes the 1/4 logits straight to the input size
+    (yangyangxu0/DeMT: src/model/backbones/swin.py::PatchEmbed.forward, src/model/heads/demt_head.py::
+    DemtHead.forward); `DeMT.forward` does both, so any input size works, for every backbone.
+    """
+    ph, pw = padded_size(image.shape[-2:], stride)
+    h, w = image.shape[-2:]
+    return image if (ph, pw) == (h, w) else F.pad(image, (0, pw - w, 0, ph - h))
+
+
 # ----------------------------------------------------------------------------------------- blocks
 def split_offsets(channels: int, kernel: tuple[int, int]) -> torch.Tensor:
     """Fixed channel-split shifts, (1, 2*channels, 1, 1) as (dy, dx) per channel (released `gen_offset`).
@@ -322,16 +340,9 @@ class DeMT(nn.Module):
 
     # -- checks
     def check_input(self, image: torch.Tensor) -> None:
-        """Refuse inputs the backbone would crop silently, or that tokens attention cannot hold."""
-        h, w = image.shape[-2:]
+        """Refuse inputs that tokens attention cannot hold (any size is padded to the backbone's stride)."""
+        h, w = padded_size(image.shape[-2:], self.backbone.reductions[0])
         stride = self.backbone.reductions[0]
-        if h % stride or w % stride:
-            ph, pw = -(-h // stride) * stride, -(-w // stride) * stride
-            raise MtbenchError(
-                f"DeMT: input {h}x{w} is not divisible by {stride}, the stride of the backbone's finest map, "
-                f"where DeMT works: its grid would not cover the image exactly (timm's Swin drops the last "
-                f"rows/columns). Pad the input to {ph}x{pw} (the released Swin pads to its patch size the same "
-                "way) or crop it.")
         if self.attention == "tokens":
             need = self.attention_bytes(image.shape[0], (h // stride, w // stride))
             have = device_memory_bytes(image.device)
@@ -358,7 +369,7 @@ class DeMT(nn.Module):
     # -- forward
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(image)
-        x = self.project(self.fuse(self.backbone(image)))  # (B, h, w, C)
+        x = self.project(self.fuse(self.backbone(pad_bottom_right(image, self.backbone.reductions[0]))))
         b, h, w, c = x.shape
         x = x.permute(0, 3, 1, 2).contiguous()  # deform_conv2d wants NCHW; one copy shared by all mixers
         maps = {t: self.mixers[t](x) for t in self.tasks}
@@ -440,10 +451,12 @@ def demt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "swin_tiny", p
          kv_reduction: int = 8, num_heads: int = 4, mixer_width: int = 256, mixer_depth: int = 1,
          channel_mixing: bool = True, deformable: bool = True, split_kernel: tuple[int, int] | None = None,
          task_interaction: bool = True, task_query: bool = True,
-         bottleneck_channels: int | None = None, two_logit_heads: bool = False) -> DeMT:
+         bottleneck_channels: int | None = None, two_logit_heads: bool = False,
+         backbone_drop_path_rate: float = 0.0) -> DeMT:
     """DeMT (AAAI'23): deformable-mixer encoder + task-aware transformer decoder (see module docstring).
 
     `two_logit_heads`: saliency gets a 2-channel softmax head, as the released PASCAL-Context model.
+    `backbone_drop_path_rate`: the backbone's stochastic depth (the released Swin trains with 0.1).
 
     A `pretrained` path to a Swin checkpoint in mmseg (UperNet ADE20K, as released) or original Swin
     layout is loaded with `load_swin_checkpoint`; other paths and `true` go through timm.
@@ -453,7 +466,8 @@ def demt(*, tasks: tuple[str, ...], dataset: str, backbone: str = "swin_tiny", p
                   task_interaction=task_interaction, task_query=task_query)
     state = read_checkpoint(pretrained) if isinstance(pretrained, str) else None
     swin_state = state is not None and swin_layout(state) in ("mmseg", "swin")
-    encoder = build_backbone(backbone, pretrained=False if swin_state else pretrained, img_size=img_size)
+    encoder = build_backbone(backbone, pretrained=False if swin_state else pretrained, img_size=img_size,
+                             drop_path_rate=backbone_drop_path_rate)
     model = DeMT(encoder, tasks=tasks, dataset=dataset, attention=attention, kv_reduction=kv_reduction,
                  num_heads=num_heads, mixer_width=mixer_width, mixer_depth=mixer_depth,
                  channel_mixing=channel_mixing, deformable=deformable, split_kernel=split_kernel,

@@ -275,10 +275,23 @@ def test_misspelt_option_has_did_you_mean():
 
 
 # ---------------------------------------------------------------------------------------- bad input
-def test_input_not_divisible_by_the_backbone_stride_is_refused_with_the_padded_size():
-    model = tiny_demt()
-    with pytest.raises(MtbenchError, match=r"425x560 is not divisible by 4.*Pad the input to 428x560"):
-        model(torch.zeros(1, 3, 425, 560))
+def test_input_not_divisible_by_the_stride_runs_padded_bottom_right_as_the_released_swin():
+    """425x560 runs as 428x560 (zeros at the bottom), the 1/4 logits resized straight to 425x560."""
+    torch.manual_seed(0)
+    model = tiny_demt().eval()
+    image = torch.randn(1, 3, 425, 560)
+    captured = {}
+    hooks = [model.logits[t].register_forward_hook(lambda m, i, o, t=t: captured.__setitem__(t, o)) for t in SYN]
+    with torch.no_grad():
+        model(torch.nn.functional.pad(image, (0, 0, 0, 3)))
+        for hook in hooks:
+            hook.remove()
+        out = model(image)
+    for t in SYN:
+        assert captured[t].shape[-2:] == (107, 140)
+        expected = torch.nn.functional.interpolate(captured[t], size=(425, 560), mode="bilinear", align_corners=False)
+        assert out[t].shape[-2:] == (425, 560)
+        torch.testing.assert_close(out[t], expected)
 
 
 def test_a_task_without_a_head_on_the_dataset_is_refused():
@@ -432,3 +445,16 @@ def test_every_ablation_mixer_variant_builds_and_runs_under_smoke():
         model = build_model(trial.model.name, tasks=SYN, dataset=trial.dataset.name, backbone=trial.model.backbone,
                             img_size=(48, 64), **trial.model.options)
         assert model(image)["semseg"].shape == (2, 6, 48, 64), trial.variant
+
+
+def test_backbone_drop_path_rate_is_timm_stochastic_depth_rising_to_the_rate():
+    """The released Swin-T of DeMT trains with drop-path 0.1, linear over its 12 blocks."""
+    model = build_model("demt", tasks=SYN, dataset="synthetic_nyud", backbone="swin_tiny", img_size=(64, 64),
+                        backbone_drop_path_rate=0.1)
+    rates = [m.drop_prob for m in model.backbone.modules() if type(m).__name__ == "DropPath"]
+    assert max(rates) == pytest.approx(0.1) and min(rates) == pytest.approx(0.1 / 11)
+    with pytest.raises(MtbenchError, match="has no stochastic depth"):
+        build_model("demt", tasks=SYN, dataset="synthetic_nyud", backbone="hrnet_w18_small",
+                    backbone_drop_path_rate=0.1)
+    with pytest.raises(MtbenchError, match=r"drop_path_rate must be a number in \[0, 1\)"):
+        build_model("demt", tasks=SYN, dataset="synthetic_nyud", backbone="tiny", backbone_drop_path_rate=1.5)
