@@ -78,7 +78,8 @@ INVPT = dict(repo=INVPT_REPO, model="invpt", protocol="atrc", optimizer="adam", 
                             "backbone_drop_path_rate": 0.15})
 SURVEY = dict(repo=MTL_REPO, protocol="mtinet", crop_size=None, pad_to=None, optimizer="adam", lr=1e-4,
               weight_decay=1e-4, schedule_per="epoch", batch_size=8, sync_bn=False, edge_pos_weight=0.95,
-              backbone="hrnet_w18_small.ms_in1k", pretrained=True, two_logit_heads=False)
+              backbone="hrnet_w18_small.ms_in1k", pretrained=True, two_logit_heads=False,
+              model_options={"backbone_bn_momentum": 0.01})
 SURVEY_NYUD = dict(SURVEY, dataset="nyud", tasks=("semseg", "depth"), steps=100 * (795 // 8),
                    loss_weights={"semseg": 1.0, "depth": 1.0}, normals_normalize_by=None,
                    not_matched=frozenset({"single_task reference head"}))
@@ -166,7 +167,7 @@ def test_single_task_reference_trains_like_the_model(name):
     assert reference.model.pretrained == expected_pretrained
     # single_task takes head_channels, two_logit_heads and backbone_drop_path_rate: the saliency head layout and
     # the backbone's stochastic depth follow the model's.
-    shared = {k: v for k, v in want.model_options.items() if k == "backbone_drop_path_rate"}
+    shared = {k: v for k, v in want.model_options.items() if k in ("backbone_drop_path_rate", "backbone_bn_momentum")}
     assert reference.model.options == ({"two_logit_heads": True} if want.two_logit_heads else {}) | shared
 
 

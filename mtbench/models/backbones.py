@@ -284,15 +284,22 @@ def backbone_entry(name: str) -> tuple[BackboneEntry, str | None]:
 
 
 def build_backbone(name: str, *, pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-                   drop_path_rate: float = 0.0) -> Backbone | ViTBackbone:
+                   drop_path_rate: float = 0.0, bn_momentum: float | None = None) -> Backbone | ViTBackbone:
     """Build the registered backbone `name`, optionally `name.<timm tag>` (see `mtbench list`).
 
     `drop_path_rate`: timm's stochastic depth, rising linearly over the blocks to this rate (Swin, ViT).
+    `bn_momentum`: the running-statistics momentum of every BatchNorm in the backbone (timm's: 0.1).
     """
     entry, tag = backbone_entry(name)
-    if not (isinstance(drop_path_rate, int | float) and 0.0 <= drop_path_rate < 1.0):
-        raise MtbenchError(f"drop_path_rate must be a number in [0, 1); got {drop_path_rate!r}.")
-    return entry.build(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate, tag=tag)
+    for option, value in (("drop_path_rate", drop_path_rate), ("bn_momentum", bn_momentum)):
+        if value is not None and not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+            raise MtbenchError(f"{option} must be a number in [0, 1); got {value!r}.")
+    backbone = entry.build(pretrained=pretrained, img_size=img_size, drop_path_rate=drop_path_rate, tag=tag)
+    if bn_momentum is not None:
+        for module in backbone.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = float(bn_momentum)
+    return backbone
 
 
 # ------------------------------------------------------------------------------------------- ViT

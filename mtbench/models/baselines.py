@@ -49,13 +49,14 @@ class SingleTask(nn.Module):
 def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                    pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                    head_channels: int = 64, two_logit_heads: bool = False,
-                   backbone_drop_path_rate: float = 0.0) -> SharedEncoder:
+                   backbone_drop_path_rate: float = 0.0, backbone_bn_momentum: float | None = None) -> SharedEncoder:
     """Shared-encoder multi-task baseline: hard parameter sharing, one head per task.
 
     `two_logit_heads`: saliency gets a 2-channel softmax head (the layout of ATRC, DeMT and InvPT).
-    `backbone_drop_path_rate`: the backbone's stochastic depth (Swin, ViT)."""
+    `backbone_drop_path_rate`: the backbone's stochastic depth (Swin, ViT); `backbone_bn_momentum`: its
+    BatchNorm momentum (timm's 0.1 by default)."""
     encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size,
-                             drop_path_rate=backbone_drop_path_rate)
+                             drop_path_rate=backbone_drop_path_rate, bn_momentum=backbone_bn_momentum)
     return SharedEncoder(encoder, tasks=tasks, dataset=dataset, head_channels=head_channels,
                          two_logit_heads=two_logit_heads)
 
@@ -64,9 +65,10 @@ def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "res
 def single_task(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                 pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                 head_channels: int = 64, two_logit_heads: bool = False,
-                backbone_drop_path_rate: float = 0.0) -> SingleTask:
+                backbone_drop_path_rate: float = 0.0, backbone_bn_momentum: float | None = None) -> SingleTask:
     """Single-task baselines: for each task its own backbone and head, trained in one trial."""
     return SingleTask({t: shared_encoder(tasks=(t,), dataset=dataset, backbone=backbone, pretrained=pretrained,
                                          img_size=img_size, head_channels=head_channels,
                                          two_logit_heads=two_logit_heads,
-                                         backbone_drop_path_rate=backbone_drop_path_rate) for t in tasks})
+                                         backbone_drop_path_rate=backbone_drop_path_rate,
+                                         backbone_bn_momentum=backbone_bn_momentum) for t in tasks})

@@ -174,19 +174,21 @@ class MTINet(nn.Module):
 def mtinet(*, tasks: tuple[str, ...], dataset: str, backbone: str = "hrnet_w18_small",
            pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
            auxiliary_tasks: tuple[str, ...] | None = None,
-           fpm_attention: Literal["released", "tasks"] = "released") -> MTINet:
+           fpm_attention: Literal["released", "tasks"] = "released",
+           backbone_bn_momentum: float | None = None) -> MTINet:
     """MTI-Net as released (module docstring).
 
     `auxiliary_tasks`: tasks with initial predictions at every scale that take part in the FPM and the
     distillation (default: the tasks). It must include every task; tasks beyond them (NYUD
     `+edges_normals`: normals, edge) get initial heads only, and training them needs their labels and
-    losses in the trial.
+    losses in the trial. `backbone_bn_momentum`: the BatchNorm momentum of the backbone (the survey code's
+    HRNet: 0.01, SimonVandenhende/Multi-Task-Learning-PyTorch: models/seg_hrnet.py::BN_MOMENTUM; timm: 0.1).
     """
     outputs = task_outputs("MTI-Net", tasks, dataset)
     aux = auxiliary_outputs("MTI-Net", tasks, auxiliary_tasks, dataset)
     if fpm_attention not in FPM_ATTENTION:
         raise MtbenchError(f"MTI-Net option fpm_attention={fpm_attention!r}: use one of {', '.join(FPM_ATTENTION)}.")
-    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size)
+    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size, bn_momentum=backbone_bn_momentum)
     check_backbone("MTI-Net", encoder, backbone)
     if min(encoder.channels) < 16:
         raise MtbenchError(f"MTI-Net: backbone {backbone!r} has a map with {min(encoder.channels)} channels; the "

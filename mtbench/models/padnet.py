@@ -202,18 +202,21 @@ class PADNet(nn.Module):
 @register_model("padnet")
 def padnet(*, tasks: tuple[str, ...], dataset: str, backbone: str = "hrnet_w18_small",
            pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
-           auxiliary_tasks: tuple[str, ...] | None = None, width: int = 256) -> PADNet:
+           auxiliary_tasks: tuple[str, ...] | None = None, width: int = 256,
+           backbone_bn_momentum: float | None = None) -> PADNet:
     """PAD-Net as released with MTI-Net (module docstring).
 
     `auxiliary_tasks`: tasks with an initial prediction that feeds the distillation (default: the
     tasks). It must include every task; tasks beyond them (NYUD `+edges_normals`: normals, edge)
     get initial heads only, and training them needs their labels and losses in the trial.
+    `backbone_bn_momentum`: the BatchNorm momentum of the backbone (the survey code's HRNet: 0.01,
+    SimonVandenhende/Multi-Task-Learning-PyTorch: models/seg_hrnet.py::BN_MOMENTUM; timm's 0.1 by default).
     """
     outputs = task_outputs("PAD-Net", tasks, dataset)
     aux = auxiliary_outputs("PAD-Net", tasks, auxiliary_tasks, dataset)
     if width < 4 or width % 4:
         raise MtbenchError(f"PAD-Net option width={width}: must be a positive multiple of 4 (bottleneck width).")
-    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size)
+    encoder = build_backbone(backbone, pretrained=pretrained, img_size=img_size, bn_momentum=backbone_bn_momentum)
     check_backbone("PAD-Net", encoder, backbone)
     if img_size is not None:
         check_size("PAD-Net", img_size, encoder)

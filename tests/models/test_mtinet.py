@@ -178,3 +178,13 @@ PINNED = [
 def test_parameter_count_matches_the_released_code(name, dataset, tasks, aux, params):
     model = build_model(name, tasks=tasks, dataset=dataset, backbone="hrnet_w18_small", auxiliary_tasks=aux)
     assert count_params(model) == params
+
+
+def test_backbone_bn_momentum_sets_the_backbone_batchnorms_only():
+    """The survey code's HRNet uses BatchNorm momentum 0.01 (models/seg_hrnet.py::BN_MOMENTUM), its heads 0.1."""
+    model = build_model("mtinet", tasks=("semseg", "depth"), dataset="synthetic_nyud", backbone="hrnet_w18_small",
+                        backbone_bn_momentum=0.01)
+    backbone = {m.momentum for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    heads = {m.momentum for n, m in model.named_modules()
+             if isinstance(m, torch.nn.BatchNorm2d) and not n.startswith("backbone.")}
+    assert backbone == {0.01} and heads == {0.1}
