@@ -15,6 +15,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from mtbench.balancing import build_balancer
 from mtbench.config.schema import TrainConfig
 from mtbench.data import build_dataset
 from mtbench.engine.batching import StepBatchSampler, collate
@@ -23,7 +24,6 @@ from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.losses import ATRC_LOSS_WEIGHTS, build_task_loss
 from mtbench.metrics import build_meter
 from mtbench.models import build_model
-from mtbench.registry import WEIGHTINGS
 from mtbench.tasks import DATASET_TASKS
 
 
@@ -33,7 +33,7 @@ def train_once(args: argparse.Namespace, amp: bool, data: dict, device: torch.de
     torch.manual_seed(0)
     model = build_model(args.model, tasks=tasks, dataset=dataset, backbone=args.backbone,
                         img_size=(args.height, args.width)).to(device)
-    weighting = WEIGHTINGS.get("fixed")(tasks=tasks, weights={t: ATRC_LOSS_WEIGHTS[t] for t in tasks}).to(device)
+    weighting = build_balancer("fixed", tasks=tasks, weights={t: ATRC_LOSS_WEIGHTS[t] for t in tasks}).to(device)
     losses = {t: build_task_loss(t, dataset=dataset) for t in tasks}
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, amp=amp, eval_every=10**6,
                       checkpoint_every=10**6, grad_clip=5.0, optimizer={"lr": 1e-3},

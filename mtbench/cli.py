@@ -274,9 +274,9 @@ def _delta_note(result: Report) -> str:
 
 @app.command(name="list")
 def list_entries() -> None:
-    """List registered models, backbones, datasets, weightings and metric variants."""
+    """List registered models, backbones, datasets, balancers (loss.weighting) and metric variants."""
+    import mtbench.balancing  # noqa: F401  (registers the balancers)
     import mtbench.data  # noqa: F401  (registers datasets)
-    import mtbench.losses  # noqa: F401  (registers weightings)
     import mtbench.metrics  # noqa: F401  (registers meters)
     from mtbench.models import model_options
     from mtbench.registry import BACKBONES, DATASETS, METERS, MODELS, WEIGHTINGS
@@ -292,7 +292,7 @@ def list_entries() -> None:
     for name in DATASETS:
         table.add_row("dataset", name, (DATASETS.get(name).__doc__ or "").strip().splitlines()[0])
     for name in WEIGHTINGS:
-        table.add_row("weighting", name, (WEIGHTINGS.get(name).__doc__ or "").strip().splitlines()[0])
+        table.add_row("balancer", name, WEIGHTINGS.get(name).doc.splitlines()[0])
     for name in METERS:
         table.add_row("metric variant", name, (METERS.get(name).build.__doc__ or "").strip().splitlines()[0])
     console.print(table)

@@ -1,4 +1,4 @@
-"""Per-task losses and the loss weightings that combine them into one scalar.
+"""Per-task losses (the balancers that combine them are in mtbench.balancing).
 
 Losses follow the ATRC lineage (brdav/atrc: src/model/criterion.py, src/model/builder.py::get_criterion),
 reading labels in the Sample conventions of DESIGN.md (each task's ignore value and layout from its TaskSpec)
@@ -10,7 +10,6 @@ are none, so a batch whose human_parts map is fully ignored does not produce NaN
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from mtbench.balanced_bce import balanced_bce_sum
 from mtbench.errors import MtbenchError
-from mtbench.registry import LOSSES, WEIGHTINGS, check_keywords
+from mtbench.registry import LOSSES, check_keywords
 from mtbench.tasks import TaskSpec, get_task
 
 # Fixed task weights of ATRC, also used by DeMT and InvPT (brdav/atrc: src/model/builder.py::get_criterion).
@@ -152,84 +151,3 @@ def build_task_loss(task: str, *, dataset: str, **options: Any) -> nn.Module:
     accepted = [p for p in inspect.signature(builder).parameters if p not in ("spec", "channels")]
     check_keywords(options, accepted, f"the {task} loss ({spec.loss})")
     return builder(spec, channels=channels, **{**spec.loss_options, **options})
-
-
-def _check_losses(tasks: tuple[str, ...], losses: dict[str, Tensor]) -> None:
-    if set(losses) != set(tasks):
-        raise ValueError(f"weighting expects losses for {sorted(tasks)}; got {sorted(losses)}")
-
-
-def _check_weight_tasks(tasks: tuple[str, ...], weights: dict[str, float]) -> None:
-    for t in tasks:
-        get_task(t)
-    unknown = sorted(set(weights) - set(tasks))
-    if unknown:
-        raise MtbenchError(f"loss weights name task(s) {', '.join(map(repr, unknown))} that this run does "
-                           f"not train; its tasks are: {', '.join(tasks)}.")
-
-
-class FixedWeighting(nn.Module):
-    """Weighted sum Σ_t w_t · L_t with constant weights (kept as a buffer, so in the state_dict)."""
-
-    def __init__(self, tasks: tuple[str, ...], weights: dict[str, float]) -> None:
-        super().__init__()
-        self.tasks = tuple(tasks)
-        self.register_buffer("weights", torch.tensor([float(weights[t]) for t in self.tasks]))
-
-    def forward(self, losses: dict[str, Tensor]) -> Tensor:
-        _check_losses(self.tasks, losses)
-        return torch.stack([self.weights[i] * losses[t] for i, t in enumerate(self.tasks)]).sum()
-
-    def task_weights(self) -> dict[str, float]:
-        """Return the weight each task's loss is multiplied by (for logging)."""
-        return {t: float(w) for t, w in zip(self.tasks, self.weights.tolist(), strict=True)}
-
-
-class UncertaintyWeighting(nn.Module):
-    """Homoscedastic uncertainty weighting (Kendall, Gal & Cipolla, CVPR 2018), learnable log-variances.
-
-    total = Σ_t exp(−s_t) · L_t + s_t, with s_t = log σ_t² initialised to 0 (all weights 1). This is the
-    form of the authors' example code (yaringal/multi-task-learning-example:
-    multi-task-learning-example.ipynb::CustomMultiLossLayer.multi_loss), without the paper's 1/2 factors
-    for regression tasks; LibMTL's `LibMTL/weighting/UW.py::UW` uses L/(2 exp s) + s/2, which is half of
-    this: the optimal s_t = log L_t is the same and the network's gradients are scaled by 1/2 there.
-    The optimiser must include this module's parameters.
-    """
-
-    def __init__(self, tasks: tuple[str, ...]) -> None:
-        super().__init__()
-        self.tasks = tuple(tasks)
-        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
-
-    def forward(self, losses: dict[str, Tensor]) -> Tensor:
-        _check_losses(self.tasks, losses)
-        s = self.log_vars
-        return torch.stack([torch.exp(-s[i]) * losses[t] + s[i] for i, t in enumerate(self.tasks)]).sum()
-
-    def task_weights(self) -> dict[str, float]:
-        """Return the current weights exp(−s_t) (for logging)."""
-        weights = torch.exp(-self.log_vars.detach()).tolist()
-        return dict(zip(self.tasks, weights, strict=True))
-
-
-@WEIGHTINGS.register("fixed")
-def fixed(*, tasks: tuple[str, ...], weights: dict[str, float] | None) -> FixedWeighting:
-    """Constant task weights from the config; a task it does not name gets 1 (ATRC's: ATRC_LOSS_WEIGHTS)."""
-    weights = dict(weights or {})
-    _check_weight_tasks(tasks, weights)
-    for t, w in weights.items():
-        if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
-            raise MtbenchError(f"loss weight of {t!r} must be a finite number >= 0; got {w!r}.")
-    return FixedWeighting(tasks, {t: weights.get(t, 1.0) for t in tasks})
-
-
-@WEIGHTINGS.register("uncertainty")
-def uncertainty(*, tasks: tuple[str, ...], weights: dict[str, float] | None) -> UncertaintyWeighting:
-    """Learned uncertainty weights (Kendall et al. 2018); it takes no fixed weights."""
-    if weights:
-        _check_weight_tasks(tasks, weights)
-        raise MtbenchError("the 'uncertainty' weighting learns its task weights; remove `loss.weights` "
-                           "from the config or use the 'fixed' weighting.")
-    for t in tasks:
-        get_task(t)
-    return UncertaintyWeighting(tasks)

@@ -1,4 +1,4 @@
-"""What the registries hold: the interfaces a backbone, model, dataset, meter and loss weighting provide.
+"""What the registries hold: the interfaces a backbone, model, dataset, meter and loss balancer provide.
 
 Each is a `typing.Protocol`; tests/test_protocols.py builds every registered entry and checks it against
 its protocol, so a newcomer reads here what a new entry must provide and the test says what is missing.
@@ -85,15 +85,23 @@ class Meter(Protocol):
 
 
 @runtime_checkable
-class LossWeighting(Protocol):
-    """`forward({task: loss}) -> scalar`; `task_weights()` the weight applied to each task (logged).
+class LossBalancer(Protocol):
+    """Turns the scaled task losses into gradients (mtbench.balancing.base states the contract).
 
-    An `nn.Module`, so that its learnable weights reach the optimiser and its state the checkpoint.
+    `scale(losses)` applies the fixed `loss.weights`; `backward(scaled)` fills `.grad` and returns the (T,)
+    weights it applied; `after_step(recompute)` runs after the optimiser step; `task_weights()` is what is
+    logged. An `nn.Module`, so that learnable weights reach the optimiser and all state the checkpoint.
     """
 
     tasks: tuple[str, ...]
 
-    def __call__(self, losses: Mapping[str, Tensor]) -> Tensor: ...
+    def scale(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]: ...
+
+    def attach(self, model: Any) -> None: ...
+
+    def backward(self, losses: Mapping[str, Tensor]) -> Tensor: ...
+
+    def after_step(self, recompute: Any) -> None: ...
 
     def task_weights(self) -> dict[str, float]: ...
 

@@ -75,12 +75,14 @@ class ModelEntry:
 
     `build(*, tasks, dataset, backbone, pretrained, img_size, **options)` returns a module satisfying
     `mtbench.protocols.MultiTaskModel`. `smoke_backbone` is the tiny backbone of the kind the model
-    needs (InvPT reads ViT tokens); `test_size` an input size every part of the model accepts.
+    needs (InvPT reads ViT tokens); `test_size` an input size every part of the model accepts;
+    `shared_encoder` whether its tasks share a `backbone` (what gradient balancers aggregate over).
     """
 
     build: Callable[..., Any]
     smoke_backbone: str = "tiny"
     test_size: tuple[int, int] = (40, 56)
+    shared_encoder: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,9 +117,9 @@ BACKBONES: Registry[BackboneEntry] = Registry(
     "backbone", "Backbones (BackboneEntry): build(*, pretrained, img_size) -> NCHW feature list.")
 DATASETS: Registry[Callable] = Registry(
     "dataset", "Dataset builders: f(*, root, split, tasks, protocol, **options) -> torch Dataset of Samples.")
-WEIGHTINGS: Registry[Callable] = Registry(
-    "weighting", "Loss weightings: f(*, tasks, weights) -> nn.Module mapping {task: loss} to a scalar, "
-    "with task_weights() -> {task: weight} (mtbench.protocols.LossWeighting).")
+WEIGHTINGS: Registry[Any] = Registry(
+    "balancer", "Loss balancers (loss.weighting; mtbench.balancing.BalancerEntry): build(tasks, scales, **options) "
+    "-> mtbench.protocols.LossBalancer.")
 LOSSES: Registry[Callable] = Registry(
     "loss", "Task losses keyed by TaskSpec.loss: f(spec, *, channels, **options) -> nn.Module mapping "
     "(raw prediction, Sample target) to a scalar.")
@@ -125,12 +127,12 @@ METERS: Registry[MeterEntry] = Registry(
     "meter", "Meters (MeterEntry) keyed 'task' or 'task:variant': build(*, dataset, variant, **options) -> Meter.")
 
 
-def register_model(name: str, *, smoke_backbone: str = "tiny",
-                   test_size: tuple[int, int] = (40, 56)) -> Callable[[F], F]:
+def register_model(name: str, *, smoke_backbone: str = "tiny", test_size: tuple[int, int] = (40, 56),
+                   shared_encoder: bool = True) -> Callable[[F], F]:
     """Register the decorated model builder under `name` with its smallest setting."""
 
     def deco(build: F) -> F:
-        MODELS.register(name)(ModelEntry(build, smoke_backbone, test_size))
+        MODELS.register(name)(ModelEntry(build, smoke_backbone, test_size, shared_encoder))
         return build
 
     return deco

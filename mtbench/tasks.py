@@ -3,10 +3,10 @@
 A `TaskSpec` owns everything per task (DESIGN.md "Task"): the label's layout, dtype and ignore value,
 the prediction channels (class counts) per dataset, the loss and its options, the primary metric and
 its direction, the metric that validation logs, the meters that only the final test runs, how its
-labels move under the data transforms and how a prediction becomes an image. Losses, meters,
-transforms, datasets, visualisation and reports read these fields; no other module branches on a
-task's name. Adding a task is one `TaskSpec` here plus its loss (mtbench.losses) and meter
-(mtbench.metrics).
+labels move under the data transforms, how a prediction is resized back to its label's size and how a
+prediction becomes an image. Losses, meters, transforms, datasets, evaluation, visualisation and reports
+read these fields; no other module branches on a task's name. Adding a task is one `TaskSpec` here plus
+its loss (mtbench.losses) and meter (mtbench.metrics).
 
 Task keys are exactly `semseg depth normals edge sal human_parts`. Sample conventions (DESIGN.md):
 semseg/human_parts long (H, W) with IGNORE = ignore; depth float (1, H, W) with 0 = invalid; normals
@@ -48,6 +48,7 @@ HUMAN_PART_CLASSES = ("background", "head", "torso", "upper_arm", "lower_arm", "
 
 Target = Literal["class_map", "dense"]
 Display = Literal["labels", "probability", "scalar_map", "direction_rgb"]
+ResizeBack = Literal["nearest", "linear", "linear_unit", "linear_probability"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,12 @@ class TaskSpec:
       validation_metric: what validation logs for it (edge logs the balanced-BCE proxy, odsF is slow).
       test_meters: metric variants that only the final test runs (edge's SEISM odsF/oisF/AP).
       display: how a prediction becomes an image.
+      resize_back: how a prediction is resized to its label's size when they differ (the mtinet eval scores
+        at each image's original size; mtbench.engine.evaluate.resize_prediction): "nearest" the logits
+        (= argmax, then OpenCV INTER_NEAREST), "linear" the raw value, "linear_unit" the L2-normalised
+        vectors, "linear_probability" the probability, returned as logits; linear = INTER_LINEAR. As MTI-Net
+        resizes its saved outputs (SimonVandenhende/Multi-Task-Learning-PyTorch: utils/utils.py::get_output,
+        utils/config.py::parse_task_dictionary INFER_FLAGVALS).
     """
 
     name: str
@@ -82,6 +89,7 @@ class TaskSpec:
     primary_metric: str
     higher_is_better: bool
     display: Display
+    resize_back: ResizeBack
     target_channels: int = 1
     ignore: int | None = IGNORE
     scales_with_zoom: bool = False
@@ -164,27 +172,29 @@ TASKS: Mapping[str, TaskSpec] = MappingProxyType({
     "semseg": TaskSpec(
         "semseg", {"nyud": 40, "pascal_context": 21, "synthetic_nyud": _NSYN, "synthetic_pascal": _NSYN},
         target="class_map", loss="cross_entropy", primary_metric="semseg/mIoU", higher_is_better=True,
-        display="labels", balances_crop=True),
+        display="labels", resize_back="nearest", balances_crop=True),
     "human_parts": TaskSpec(
         "human_parts", _same(len(HUMAN_PART_CLASSES), *_PASCAL), target="class_map", loss="cross_entropy",
-        primary_metric="human_parts/mIoU", higher_is_better=True, display="labels",
+        primary_metric="human_parts/mIoU", higher_is_better=True, display="labels", resize_back="nearest",
         ignored_without_foreground=True),
     # Saliency: a {0, 1} class map trained with the automatic (HED) positive weight of the batch.
     "sal": TaskSpec(
         "sal", _same(1, *_PASCAL), target="class_map", loss="balanced_bce", primary_metric="sal/maxF",
-        higher_is_better=True, display="probability", two_logit_head=True, loss_options={"pos_weight": None}),
+        higher_is_better=True, display="probability", resize_back="linear_probability", two_logit_head=True,
+        loss_options={"pos_weight": None}),
     "depth": TaskSpec(
         "depth", _same(1, *_NYUD), target="dense", loss="l1_depth", primary_metric="depth/rmse",
-        higher_is_better=False, display="scalar_map", ignore=None, scales_with_zoom=True),
+        higher_is_better=False, display="scalar_map", resize_back="linear", ignore=None, scales_with_zoom=True),
     "normals": TaskSpec(
         "normals", _same(3, *_ALL), target="dense", target_channels=3, loss="l1_normals",
-        primary_metric="normals/mean", higher_is_better=False, display="direction_rgb", ignore=None, unit_vectors=True),
+        primary_metric="normals/mean", higher_is_better=False, display="direction_rgb", resize_back="linear_unit",
+        ignore=None, unit_vectors=True),
     # odsF needs the boundary evaluation (metrics/boundary.py): too slow for validation, which logs the
     # balanced-BCE proxy; positive weight 0.95 as InvPT and MTI-Net (ATRC's NYUD 0.8 is passed explicitly).
     "edge": TaskSpec(
         "edge", _same(1, *_ALL), target="dense", loss="balanced_bce", primary_metric="edge/odsF",
-        higher_is_better=True, display="probability", loss_options={"pos_weight": 0.95},
-        validation_metric="edge/loss_bce", test_meters=("odsf_nms",)),
+        higher_is_better=True, display="probability", resize_back="linear_probability",
+        loss_options={"pos_weight": 0.95}, validation_metric="edge/loss_bce", test_meters=("odsf_nms",)),
 })
 
 # Tasks of each dataset, in the order the field reports them.

@@ -76,7 +76,7 @@ def test_smoke_swaps_dataset_backbone_steps(write_yaml):
     (BASE, ["dataset.tasks=[sal]"], "task 'sal' is not available on dataset 'synthetic_nyud'"),
     (BASE, ["model.options.head_chanels=3"], "unknown option 'head_chanels' for model 'shared_encoder'. "
                                              "Did you mean 'head_channels'?"),
-    (BASE, ["loss.weighting=uncertainy"], "unknown weighting 'uncertainy'. Did you mean 'uncertainty'"),
+    (BASE, ["loss.weighting=uncertainy"], "unknown balancer 'uncertainy'. Did you mean 'uncertainty'"),
     (BASE, ["train.schedule.warmup_steps=50"], "must be smaller than train.steps"),
     (BASE + "variants: [{name: a}, {name: a}]\n", [], "repeated: a"),
     ("- just\n- a list\n", [], "the top level must be a mapping"),
@@ -126,7 +126,9 @@ NEW_OPTIONS = {  # each ID_NEUTRAL key with a value other than its neutral one
     "train.schedule.per": "epoch",
     "train.sync_bn": True,
     "loss.task_options": {"normals": {"normalize_by": "elements"}},
+    "loss.options": {"temperature": 1.0},
 }
+CONTEXT = {"loss.options": ["loss.weighting=dwa"]}  # what the option needs beside it
 
 
 def test_every_neutral_key_is_exercised():
@@ -144,7 +146,7 @@ def test_neutral_value_keeps_the_trial_id_and_another_value_changes_it(write_yam
 
     def trial(*overrides: object):
         texts = [f"{key}={json.dumps(value)}" for value in overrides]  # JSON is YAML
-        return expand_trials(load_experiment(path, texts))[0]
+        return expand_trials(load_experiment(path, CONTEXT.get(key, []) + texts))[0]
 
     path = write_yaml("e.yaml", BASE)
     plain, neutral, other = trial(), trial(ID_NEUTRAL[key]), trial(NEW_OPTIONS[key])

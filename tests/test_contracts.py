@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import mtbench.losses  # noqa: F401  (registers the weightings)
+from mtbench.balancing import build_balancer
 from mtbench.models import BACKBONES, MODELS, build_model
-from mtbench.protocols import FeatureBackbone, LossWeighting, MultiTaskModel
+from mtbench.protocols import FeatureBackbone, LossBalancer, MultiTaskModel
 from mtbench.registry import WEIGHTINGS
 from mtbench.tasks import DATASET_TASKS, IGNORE, TASK_NAMES, TASKS
 
@@ -56,13 +56,22 @@ def test_every_model_returns_each_task_and_declares_its_deep_supervision(name):
 
 
 @pytest.mark.parametrize("name", WEIGHTINGS.names())
-def test_every_weighting_combines_losses_and_reports_its_weights(name):
-    weighting = WEIGHTINGS.get(name)(tasks=("semseg", "depth"), weights=None)
-    assert isinstance(weighting, LossWeighting)
-    total = weighting({"semseg": torch.tensor(2.0), "depth": torch.tensor(3.0)})
-    assert total.dim() == 0 and torch.isfinite(total)
-    assert set(weighting.task_weights()) == {"semseg", "depth"}
-    weighting.load_state_dict(weighting.state_dict())
+def test_every_balancer_fills_gradients_and_reports_its_weights(name):
+    tasks = ("semseg", "depth")
+    torch.manual_seed(0)
+    model = build_model("shared_encoder", tasks=tasks, dataset="synthetic_nyud", backbone="tiny")
+    balancer = build_balancer(name, tasks=tasks, weights={"depth": 2.0}, steps_per_epoch=2)
+    assert isinstance(balancer, LossBalancer)
+    balancer.attach(model)
+    image = torch.randn(2, 3, 32, 32)
+    out = model(image)
+    losses = balancer.scale({t: out[t].float().pow(2).mean() for t in tasks})
+    weights = balancer.backward(losses)
+    assert weights.shape == (2,) and torch.isfinite(weights).all()
+    assert all(p.grad is not None for p in model.backbone.parameters())
+    assert set(balancer.task_weights()) <= set(tasks)
+    balancer.after_step(lambda: balancer.scale({t: v.float().pow(2).mean() for t, v in model(image).items()}))
+    balancer.load_state_dict(balancer.state_dict())
 
 
 def test_task_specs_are_complete_and_consistent():

@@ -1,4 +1,4 @@
-"""Per-task losses and loss weightings against hand-computed values on tiny tensors."""
+"""Per-task losses against hand-computed values on tiny tensors (balancers: tests/test_balancing.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from mtbench.errors import MtbenchError
-from mtbench.losses import ATRC_LOSS_WEIGHTS, build_task_loss
-from mtbench.registry import WEIGHTINGS
+from mtbench.losses import build_task_loss
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -152,63 +151,3 @@ def test_build_task_loss_checks_its_arguments() -> None:
     with pytest.raises(MtbenchError, match="unknown option 'normalise_by' for the normals loss \\(l1_normals\\). "
                                            "Did you mean 'normalize_by'\\? Its options: normalize_by."):
         build_task_loss("normals", dataset="nyud", normalise_by="elements")
-
-
-# ---- weightings -----------------------------------------------------------------------------------------
-
-
-def test_fixed_weighting_defaults_to_one_and_keeps_state() -> None:
-    tasks = ("semseg", "depth", "edge")
-    weighting = WEIGHTINGS.get("fixed")(tasks=tasks, weights={"edge": 50.0})
-    # 1 · 2 + 1 · 3 + 50 · 0.1 = 10
-    losses = {"semseg": torch.tensor(2.0), "depth": torch.tensor(3.0), "edge": torch.tensor(0.1)}
-    assert weighting(losses).item() == pytest.approx(10.0)
-    assert weighting.task_weights() == {"semseg": 1.0, "depth": 1.0, "edge": 50.0}
-    assert torch.equal(weighting.state_dict()["weights"], torch.tensor([1.0, 1.0, 50.0]))
-    with pytest.raises(ValueError, match="expects losses"):
-        weighting({"semseg": torch.tensor(1.0)})
-
-
-def test_fixed_weighting_with_atrc_weights() -> None:
-    tasks = ("semseg", "human_parts", "sal", "normals", "edge")
-    weighting = WEIGHTINGS.get("fixed")(tasks=tasks, weights={t: ATRC_LOSS_WEIGHTS[t] for t in tasks})
-    # 1 + 2 + 5 + 10 + 50 with every loss 1.
-    assert weighting({t: torch.tensor(1.0) for t in tasks}).item() == pytest.approx(68.0)
-
-
-@pytest.mark.parametrize("name", ["fixed", "uncertainty"])
-def test_weighting_rejects_unknown_task(name: str) -> None:
-    with pytest.raises(MtbenchError, match="'depth'"):
-        WEIGHTINGS.get(name)(tasks=("semseg", "sal"), weights={"depth": 1.0})
-
-
-def test_fixed_weighting_rejects_negative_weight() -> None:
-    with pytest.raises(MtbenchError, match="finite number >= 0"):
-        WEIGHTINGS.get("fixed")(tasks=("semseg",), weights={"semseg": -1.0})
-
-
-def test_uncertainty_weighting_value_gradient_and_state() -> None:
-    tasks = ("semseg", "depth")
-    weighting = WEIGHTINGS.get("uncertainty")(tasks=tasks, weights=None)
-    l_sem = torch.tensor(2.0, requires_grad=True)
-    l_dep = torch.tensor(0.5, requires_grad=True)
-    # s = 0: total = e⁰·2 + 0 + e⁰·0.5 + 0 = 2.5; ∂/∂s_t = 1 − e^(−s_t)·L_t = (−1, 0.5); ∂/∂L_t = e^(−s_t) = 1.
-    total = weighting({"semseg": l_sem, "depth": l_dep})
-    total.backward()
-    assert total.item() == pytest.approx(2.5)
-    assert weighting.log_vars.grad.tolist() == pytest.approx([-1.0, 0.5])
-    assert l_sem.grad.item() == pytest.approx(1.0)
-    # s = (ln 2, 0): 2/2 + ln 2 + 0.5 = 1.5 + ln 2; the state_dict carries s to a fresh module.
-    with torch.no_grad():
-        weighting.log_vars.copy_(torch.tensor([LN2, 0.0]))
-    fresh = WEIGHTINGS.get("uncertainty")(tasks=tasks, weights=None)
-    fresh.load_state_dict(weighting.state_dict())
-    value = fresh({"semseg": torch.tensor(2.0), "depth": torch.tensor(0.5)})
-    assert value.item() == pytest.approx(1.5 + LN2)
-    assert fresh.task_weights() == pytest.approx({"semseg": 0.5, "depth": 1.0})
-    assert list(fresh.state_dict()) == ["log_vars"]
-
-
-def test_uncertainty_weighting_refuses_fixed_weights() -> None:
-    with pytest.raises(MtbenchError, match="learns its task weights"):
-        WEIGHTINGS.get("uncertainty")(tasks=("semseg",), weights={"semseg": 2.0})

@@ -85,7 +85,7 @@ SURVEY_NYUD = dict(SURVEY, dataset="nyud", tasks=("semseg", "depth"), steps=100 
                    not_matched=frozenset({"single_task reference head"}))
 SURVEY_PASCAL = dict(SURVEY, dataset="pascal_context", tasks=tuple(PASCAL_5), steps=100 * (4998 // 8),
                      loss_weights=PASCAL_5, normals_normalize_by="elements",
-                     not_matched=frozenset({"test input", "evaluation", "single_task reference head"}))
+                     not_matched=frozenset({"evaluation", "single_task reference head"}))
 
 RELEASED: dict[str, Released] = {
     "demt_nyud": Released(**DEMT, dataset="nyud", tasks=tuple(NYUD_4), crop_size=(425, 560), pad_to=None,

@@ -203,17 +203,23 @@ def check_select_metric(trial: TrialConfig) -> None:
 def check_names(trial: TrialConfig, where: str) -> None:
     """Check every registry name and model option of a trial now, not minutes into a sweep."""
     import mtbench.data  # noqa: F401  (registers datasets)
-    import mtbench.losses  # noqa: F401  (registers weightings)
+    from mtbench.balancing import build_balancer
     from mtbench.models import backbone_entry, check_model_options
-    from mtbench.registry import DATASETS, MODELS, WEIGHTINGS
+    from mtbench.registry import DATASETS, MODELS
     from mtbench.tasks import resolve_tasks
 
     try:
         DATASETS.get(trial.dataset.name)
-        resolve_tasks(trial.dataset.name, trial.dataset.tasks)
+        tasks = resolve_tasks(trial.dataset.name, trial.dataset.tasks)
         MODELS.get(trial.model.name)
         backbone_entry(trial.model.backbone)
-        WEIGHTINGS.get(trial.loss.weighting)
+        balancer = build_balancer(trial.loss.weighting, tasks=tasks, weights=trial.loss.weights,
+                                  options=trial.loss.options)
+        if getattr(balancer, "shared", None) == "encoder" and not MODELS.get(trial.model.name).shared_encoder:
+            raise MtbenchError(f"balancer {trial.loss.weighting!r} aggregates the gradients of the shared encoder, "
+                               f"but model {trial.model.name!r} has none (one network per task). Use a loss-based "
+                               "balancer for it (fixed, equal, uncertainty, dwa, rlw, gls, famo), or override "
+                               "loss.weighting in that variant.")
         check_model_options(trial.model.name, trial.model.options)
         check_select_metric(trial)
         check_protocol(trial)

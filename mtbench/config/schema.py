@@ -77,7 +77,10 @@ class TrainConfig(Strict):
 
 
 class LossConfig(Strict):
+    # The balancer (mtbench.balancing) and its options; `weights` are the fixed scales every balancer but
+    # `equal` applies first (the published weights).
     weighting: str = "fixed"
+    options: dict[str, Any] = Field(default_factory=dict)
     weights: dict[str, float] | None = None
     edge_pos_weight: float = Field(0.95, gt=0, lt=1)
     # {task: {option: value}} for mtbench.losses.build_task_loss, e.g. {normals: {normalize_by: elements}};
@@ -246,6 +249,7 @@ ID_NEUTRAL: dict[str, Any] = {
     "train.schedule.per": "step",
     "train.sync_bn": False,
     "loss.task_options": {},
+    "loss.options": {},
 }
 
 

@@ -13,8 +13,11 @@ Presets (`build_transform`):
   RandomScaling [0.5, 2] -> RandomCrop (cat_max_ratio 0.75) -> RandomHorizontalFlip -> PhotoMetricDistortion
   -> Normalize -> PadImage (centred) -> AddIgnoreRegions; eval = Normalize -> PadImage -> AddIgnoreRegions.
 - `mtinet` (SimonVandenhende/Multi-Task-Learning-PyTorch utils/common_config.py::get_transformations): train =
-  RandomHorizontalFlip -> ScaleNRotate -> FixedResize -> AddIgnoreRegions -> Normalize; eval = FixedResize ->
-  AddIgnoreRegions -> Normalize.
+  RandomHorizontalFlip -> ScaleNRotate -> FixedResize -> AddIgnoreRegions -> Normalize; eval = FixedResize of the
+  image only -> AddIgnoreRegions -> Normalize, every label kept at the image's original size: the release scores
+  its predictions resized back to the original size against the original labels
+  (evaluation/evaluate_utils.py::save_model_predictions, eval_all_results), which mtbench.engine.evaluate does
+  (`TaskSpec.resize_back`). NYUD's images already have the resize size, so nothing changes there.
 
 All randomness comes from the `rng` passed to the call, so a sample is a pure function of (raw, rng state),
 which exact resume relies on. Resizing uses torch's `interpolate` (nearest = OpenCV INTER_NEAREST's floor
@@ -196,19 +199,22 @@ def scale_rotate(arrays: Arrays, angle: float, scale: float) -> Arrays:
     return out
 
 
-def fixed_resize(arrays: Arrays, size: Size) -> Arrays:
+def fixed_resize(arrays: Arrays, size: Size, *, label_size: Size | None = None) -> Arrays:
     """MTI-Net FixedResize to exactly `size` (aspect ratio not kept): image bicubic, clipped to [0, 255] and
     truncated to uint8 (the reference casts without clipping, which wraps overshoot around); labels nearest;
-    normals bicubic, then n / (|n| + eps) as the reference, so zero vectors stay zero."""
+    normals bicubic, then n / (|n| + eps) as the reference, so zero vectors stay zero.
+
+    The labels go to `label_size` instead when given: the eval keeps them at the original size, where this is
+    the identity but for the normals' n / (|n| + eps), so a NYUD sample (480x640 already) is as before."""
     out = {}
     for key, a in arrays.items():
         if key == IMAGE:
             out[key] = np.clip(_resize(a, size, "bicubic"), 0, 255).astype(np.uint8)
         elif _is_unit_vectors(key):
-            n = _resize(a, size, "bicubic")
+            n = _resize(a, label_size or size, "bicubic")
             out[key] = n / (np.linalg.norm(n, axis=-1, keepdims=True) + np.finfo(np.float32).eps)
         else:  # FixedResize leaves depth values as they are: no zoom
-            out[key] = _restore(get_task(key), _resize(a, size, "nearest"), a, 1.0)
+            out[key] = _restore(get_task(key), _resize(a, label_size or size, "nearest"), a, 1.0)
     return out
 
 
@@ -320,7 +326,7 @@ class Transform:
         if self.protocol is None:
             return "none"
         if self.protocol == "mtinet":
-            return f"mtinet/{split} {_fmt(self.resize_to)}"
+            return f"mtinet/{split} {_fmt(self.resize_to)}" + ("" if self.train else " labels original")
         crop = f"{_fmt(self.crop_size)} " if self.train else ""
         return f"atrc/{split} {crop}pad {_fmt(self.pad_to)}"
 
@@ -352,7 +358,9 @@ class Transform:
             else:
                 angle, scale = float(rng.uniform(-20.0, 20.0)), float(rng.uniform(0.75, 1.25))
             arrays = scale_rotate(arrays, angle, scale)
-        arrays = fixed_resize(arrays, self.resize_to)
+        # Eval labels stay at the original size: predictions are resized back to it (mtbench.engine.evaluate).
+        h, w = arrays[IMAGE].shape[:2]
+        arrays = fixed_resize(arrays, self.resize_to, label_size=None if self.train else (h, w))
         return _to_sample(_ignore_without_foreground(arrays, padded=False), None)
 
 
@@ -377,7 +385,7 @@ def build_transform(protocol: str | None, *, family: str, train: bool, crop_size
 
     `crop_size` (atrc train crop) defaults to ATRC's image_dims: 425x560 NYUD, 512x512 PASCAL; `pad_to`
     (atrc pad target, train and eval) defaults to the crop size. Both apply to `atrc` only; `mtinet` resizes
-    to 480x640 / 512x512 and None keeps the original size.
+    to 480x640 / 512x512 (eval: the image only, labels keep the original size) and None keeps the original size.
     """
     if protocol is not None and protocol not in PROTOCOLS:
         raise MtbenchError(f"unknown transform protocol {protocol!r}; valid: None, {', '.join(PROTOCOLS)}.")

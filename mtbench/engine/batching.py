@@ -37,12 +37,34 @@ class StepBatchSampler(Sampler[list[int]]):
         return self.steps - self.start
 
 
-def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack the tensors of a list of Samples; `meta` stays a list of dicts."""
-    batch: dict[str, Any] = {k: torch.stack([s[k] for s in samples]) for k in samples[0] if k != "meta"}
+def collate(samples: list[dict[str, Any]], *, ragged_labels: bool = False) -> dict[str, Any]:
+    """Stack the tensors of a list of Samples; `meta` stays a list of dicts.
+
+    With `ragged_labels`, a label whose shape differs between the samples stays a list of per-sample tensors
+    (the mtinet eval keeps labels at each image's original size); the image is always stacked.
+    """
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        if key == "meta":
+            continue
+        values = [s[key] for s in samples]
+        ragged = ragged_labels and key != "image" and any(v.shape != values[0].shape for v in values)
+        batch[key] = values if ragged else torch.stack(values)
     batch["meta"] = [s.get("meta", {}) for s in samples]
     return batch
 
 
+def collate_eval(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """`collate` for evaluation loaders: labels of different sizes stay lists (mtbench.engine.evaluate)."""
+    return collate(samples, ragged_labels=True)
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    """Move the batch's tensors to `device`, those of a ragged label's list too (`collate_eval`)."""
+    def move(v: Any) -> Any:
+        if torch.is_tensor(v):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and all(torch.is_tensor(x) for x in v):
+            return [x.to(device, non_blocking=True) for x in v]
+        return v
+    return {k: move(v) for k, v in batch.items()}

@@ -106,6 +106,20 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def average_gradients(module: torch.nn.Module) -> None:
+    """Average the gradients of `module`'s parameters over the processes (a no-op in one process).
+
+    For what DDP does not wrap: a balancer's learnable weights (uncertainty's log-variances), so every
+    process steps them alike. Every rank calls it at the same point of every step, like DDP's own all-reduce.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
 class RankFailed(RuntimeError):
     """Rank 0 failed with an error that could not be sent to the other ranks as it was."""
 

@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtbench.balancing import Balancer
 from mtbench.config.schema import ScheduleConfig, TrainConfig
 from mtbench.engine.batching import to_device
-from mtbench.engine.distributed import unwrap
+from mtbench.engine.distributed import average_gradients, unwrap
 from mtbench.engine.evaluate import autocast
 from mtbench.errors import MtbenchError
 
@@ -67,20 +68,17 @@ def build_optimizer(modules: list[nn.Module], cfg: TrainConfig) -> torch.optim.O
     return torch.optim.AdamW(groups, lr=opt.lr)
 
 
-def auxiliary_loss(model: nn.Module, task_losses: dict[str, nn.Module], weights: dict[str, float],
-                   batch: dict[str, Any]) -> torch.Tensor | None:
-    """Deep supervision: the task losses of the model's intermediate predictions, weighted like the final ones.
+def auxiliary_losses(model: nn.Module, task_losses: dict[str, nn.Module],
+                     batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Deep supervision: for each task, the sum of its losses on the model's intermediate predictions.
 
     A model with deep supervision fills `model.auxiliary` (mtbench.protocols.MultiTaskModel) in its training
     forward with {name: {task: pred}} (e.g. MTI-Net's per-scale initial predictions, InvPT's per-stage
-    ones); predictions smaller than the label are upsampled bilinearly first. Returns the sum over names
-    and tasks of w_t * L_t, or None when there are none.
+    ones); predictions smaller than the label are upsampled bilinearly first. The terms join their task's
+    loss, so the fixed scale and the balancer weight them like the final prediction's.
     """
-    auxiliary = unwrap(model).auxiliary
-    if not auxiliary:
-        return None
-    total = None
-    for preds in auxiliary.values():
+    totals: dict[str, torch.Tensor] = {}
+    for preds in (unwrap(model).auxiliary or {}).values():
         for task, pred in preds.items():
             if task not in task_losses:
                 raise MtbenchError(
@@ -90,12 +88,54 @@ def auxiliary_loss(model: nn.Module, task_losses: dict[str, nn.Module], weights:
             target = batch[task]
             if pred.shape[-2:] != target.shape[-2:]:
                 pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            term = weights[task] * task_losses[task](pred.float(), target)
-            total = term if total is None else total + term
-    return total
+            term = task_losses[task](pred.float(), target)
+            totals[task] = term if task not in totals else totals[task] + term
+    return totals
 
 
-def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module], loader: Any,
+def batch_losses(model: nn.Module, task_losses: dict[str, nn.Module], batch: dict[str, Any], *,
+                 device: torch.device, amp: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Forward `batch`; return each task's loss on the final prediction and its deep-supervision terms."""
+    with autocast(device, amp):
+        preds = model(batch["image"])
+    final = {t: fn(preds[t].float(), batch[t]) for t, fn in task_losses.items()}
+    return final, auxiliary_losses(model, task_losses, batch)
+
+
+def joined(final: dict[str, torch.Tensor], auxiliary: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Each task's final loss plus its deep-supervision terms."""
+    return {t: v + auxiliary[t] if t in auxiliary else v for t, v in final.items()}
+
+
+def check_finite(total: torch.Tensor, weights: torch.Tensor, final: dict[str, torch.Tensor], balancer: Balancer,
+                 step: int, lr: float) -> None:
+    """Stop the trial when the loss or the balancer's weights are NaN or infinite (one host sync)."""
+    if bool(torch.isfinite(torch.cat([total.detach().reshape(1), weights.detach().reshape(-1)])).all()):
+        return
+    if not torch.isfinite(total):
+        bad = [t for t, v in final.items() if not torch.isfinite(v)] or ["(the weighted total)"]
+        raise NonFiniteLossError(
+            f"the loss of task {', '.join(bad)} became {total.item()} at step {step} (lr {lr:.3g}). "
+            "Lower train.optimizer.lr, set train.grad_clip, or check the labels of that task.")
+    raise NonFiniteLossError(
+        f"balancer {balancer.name!r} gave non-finite task weights {weights.tolist()} at step {step} (lr {lr:.3g}). "
+        "Lower train.optimizer.lr, set train.grad_clip, or use another loss.weighting.")
+
+
+def step_metrics(total: torch.Tensor, lr: float, final: dict[str, torch.Tensor],
+                 auxiliary: dict[str, torch.Tensor], balancer: Balancer) -> dict[str, float]:
+    """What a logging step records: the scaled total, lr, each task's final loss, the scaled deep-supervision
+    sum and each task's weight (`Balancer.task_weights`). Each .item() is a device sync: only every few steps."""
+    scales = dict(zip(balancer.tasks, balancer.scales.tolist(), strict=True))
+    metrics = {"train/loss_total": total.item(), "train/lr": lr,
+               **{f"train/loss/{t}": v.item() for t, v in final.items()},
+               **{f"train/weight/{t}": w for t, w in balancer.task_weights().items()}}
+    if auxiliary:
+        metrics["train/loss_auxiliary"] = sum(scales[t] * v.item() for t, v in auxiliary.items())
+    return metrics
+
+
+def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module], loader: Any,
         optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, device: torch.device, start_step: int,
         evaluate_fn: Callable[[int], None], checkpoint_fn: Callable[[int], None],
         log_fn: Callable[[dict[str, float], int], None], progress: Any = None,
@@ -103,41 +143,39 @@ def fit(model: nn.Module, weighting: nn.Module, task_losses: dict[str, nn.Module
     """Train from `start_step` to `cfg.steps`, evaluating, checkpointing and logging at intervals.
 
     `loader` yields exactly the batches of steps start_step..steps-1 (StepBatchSampler), `steps_per_epoch`
-    of them per epoch (needed by `train.schedule.per: epoch`).
+    of them per epoch (needed by `train.schedule.per: epoch`). Each step: the task losses (deep supervision
+    joined), scaled by `loss.weights`; the balancer fills the gradients (mtbench.balancing.base); the
+    optimiser steps; the balancer updates (FAMO, GradNorm).
     """
     model.train()
     amp = cfg.amp and device.type == "cuda"
     task_id = progress.add_task("train", total=cfg.steps, completed=start_step) if progress else None
     step = start_step
-    for batch in loader:
+    # Starting the loader draws its workers' base seed from the global RNG: undo that draw, so the steps see
+    # the stream of the checkpoint a resumed trial restored (PCGrad's and GradDrop's draws, dropout).
+    rng = torch.get_rng_state()
+    batches = iter(loader)
+    torch.set_rng_state(rng)
+    for batch in batches:
         lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps, steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = to_device(batch, device)
-        with autocast(device, amp):
-            preds = model(batch["image"])
-        losses = {t: fn(preds[t].float(), batch[t]) for t, fn in task_losses.items()}
-        total = weighting(losses)
-        aux_loss = auxiliary_loss(model, task_losses, weighting.task_weights(), batch)
-        if aux_loss is not None:
-            total = total + aux_loss
-        if not torch.isfinite(total):
-            bad = [t for t, v in losses.items() if not torch.isfinite(v)] or ["(the weighted total)"]
-            raise NonFiniteLossError(
-                f"the loss of task {', '.join(bad)} became {total.item()} at step {step} (lr {lr:.3g}). "
-                "Lower train.optimizer.lr, set train.grad_clip, or check the labels of that task.")
+        final, auxiliary = batch_losses(model, task_losses, batch, device=device, amp=amp)
+        scaled = balancer.scale(joined(final, auxiliary))
+        total = torch.stack(list(scaled.values())).sum()
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
+        weights = balancer.backward(scaled)
+        check_finite(total, weights, final, balancer, step, lr)
+        average_gradients(balancer)
+        if cfg.grad_clip is not None:  # the network's gradient: a balancer's own parameters are not clipped with it
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
         optimizer.step()
+        balancer.after_step(lambda batch=batch: balancer.scale(joined(*batch_losses(
+            model, task_losses, batch, device=device, amp=amp))))
         step += 1
         if step % 10 == 0 or step == cfg.steps:
-            # .item() is a device sync point: only every few steps.
-            log_fn({"train/loss_total": total.item(), "train/lr": lr,
-                    **{f"train/loss/{t}": v.item() for t, v in losses.items()},
-                    **({"train/loss_auxiliary": aux_loss.item()} if aux_loss is not None else {}),
-                    **{f"train/weight/{t}": w for t, w in weighting.task_weights().items()}}, step)
+            log_fn(step_metrics(total, lr, final, auxiliary, balancer), step)
             if task_id is not None:
                 progress.update(task_id, description=f"train loss {total.item():.3f}")
         if step % cfg.eval_every == 0 and step != cfg.steps:

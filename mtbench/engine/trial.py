@@ -23,11 +23,19 @@ from torch.utils.data import DataLoader
 
 import mtbench
 from mtbench import tracking
+from mtbench.balancing import Balancer, build_balancer
+from mtbench.balancing.base import check_data_parallel
 from mtbench.config.schema import NOT_IDENTITY, TrialConfig, _without_neutral
 from mtbench.data import DEFAULT_PROTOCOL, build_dataset
 from mtbench.engine import distributed
-from mtbench.engine.batching import StepBatchSampler, collate
-from mtbench.engine.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from mtbench.engine.batching import StepBatchSampler, collate, collate_eval
+from mtbench.engine.checkpoint import (
+    load_checkpoint,
+    load_resume_checkpoint,
+    previous_path,
+    save_checkpoint,
+    write_text_atomic,
+)
 from mtbench.engine.evaluate import evaluate
 from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.engine.visualize import prediction_grids
@@ -37,7 +45,6 @@ from mtbench.metrics import build_meter, is_reference, metric_direction
 from mtbench.models import build_model
 from mtbench.profiling import ModelCost, measure_cost
 from mtbench.protocols import Meter, TaskDataset
-from mtbench.registry import WEIGHTINGS
 from mtbench.tasks import DATASET_FAMILY, get_task, resolve_tasks
 
 CHECKPOINT = "last.pt"
@@ -162,7 +169,7 @@ class BuiltTrial:
     datasets: dict[str, TaskDataset]
     img_size: tuple[int, int]
     model: torch.nn.Module
-    weighting: torch.nn.Module
+    balancer: Balancer
     task_losses: dict[str, torch.nn.Module]
     meters: dict[str, Meter]
     test_meters: dict[str, Meter]
@@ -172,9 +179,9 @@ class BuiltTrial:
     run_id: str | None = None
 
     def loader(self, split: str) -> DataLoader:
-        """The evaluation loader of `split` (val or test)."""
+        """The evaluation loader of `split` (val or test); labels of several sizes stay lists (`collate_eval`)."""
         return DataLoader(self.datasets[split], batch_size=self.cfg.train.eval_batch_size, shuffle=False,
-                          collate_fn=collate, num_workers=self.cfg.train.num_workers)
+                          collate_fn=collate_eval, num_workers=self.cfg.train.num_workers)
 
 
 def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
@@ -214,7 +221,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
 
 
 def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, folder: Path) -> BuiltTrial:
-    """Step 1: datasets, model, weighting, losses, meters and optimizer, from the config alone."""
+    """Step 1: datasets, model, balancer, losses, meters and optimizer, from the config alone."""
     tasks = resolve_tasks(cfg.dataset.name, cfg.dataset.tasks)
     protocol = cfg.dataset.protocol or DEFAULT_PROTOCOL.get(cfg.dataset.name)
     datasets = {split: build_dataset(cfg.dataset.name, root=cfg.dataset.root, split=split, tasks=list(tasks),
@@ -224,27 +231,35 @@ def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, fold
     seed_everything(cfg.seed, device)
     model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
                         pretrained=cfg.model.pretrained, img_size=img_size, **cfg.model.options).to(device)
-    weighting = WEIGHTINGS.get(cfg.loss.weighting)(tasks=tasks, weights=cfg.loss.weights).to(device)
+    balancer = build_balancer(cfg.loss.weighting, tasks=tasks, weights=cfg.loss.weights, options=cfg.loss.options,
+                              steps_per_epoch=len(datasets["train"]) // cfg.train.batch_size).to(device)
+    check_data_parallel(balancer, env.world_size)
+    balancer.attach(model)
     loss_options = cfg.loss.task_loss_options()
     task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, **loss_options.get(t, {})) for t in tasks}
     meters = {t: build_meter(t, dataset=cfg.dataset.name) for t in tasks}
     return BuiltTrial(cfg=cfg, env=env, device=device, folder=folder, tasks=tasks, protocol=protocol,
-                      datasets=datasets, img_size=img_size, model=model, weighting=weighting, task_losses=task_losses,
+                      datasets=datasets, img_size=img_size, model=model, balancer=balancer, task_losses=task_losses,
                       meters=meters, test_meters={**meters, **final_test_meters(tasks, cfg.dataset.name)},
-                      optimizer=build_optimizer([model, weighting], cfg.train), selection=selection_for(cfg, tasks))
+                      optimizer=build_optimizer([model, balancer], cfg.train), selection=selection_for(cfg, tasks))
 
 
 def resume_trial(trial: BuiltTrial, uri: str, *, resume: bool,
                  extra_tags: dict[str, str] | None) -> tracking.Tracker | None:
     """Step 2: load the last checkpoint (with `resume`), then open or reopen the trial's run on rank 0."""
     cfg, path = trial.cfg, trial.folder / CHECKPOINT
-    state = load_checkpoint(path) if resume and path.is_file() else None
+    state = load_resume_checkpoint(path) if resume else None
     if state is not None:
         check_same_config(json.loads(state["config"]), cfg, path)
         trial.model.load_state_dict(state["model"])
-        trial.weighting.load_state_dict(state["weighting"])
+        if "balancer" in state:
+            trial.balancer.load_state_dict(state["balancer"])
+        else:  # a checkpoint from before balancers: only uncertainty's log-variances were state
+            trial.balancer.load_state_dict(state["weighting"], strict=False)
         trial.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng_torch"])
+        if trial.device.type == "cuda" and "rng_cuda" in state:
+            torch.cuda.set_rng_state(state["rng_cuda"], trial.device)
         trial.start_step, trial.run_id = int(state["step"]), state["run_id"]
         trial.selection.value, trial.selection.step = state["best_value"], state["best_step"]
     return distributed.on_main(trial.env, lambda: start_run(trial, uri, extra_tags))
@@ -296,7 +311,7 @@ def fit_trial(trial: BuiltTrial, tracker: tracking.Tracker | None, *,
     def checkpoint(step: int) -> None:
         distributed.on_main(env, lambda: save_trial_checkpoint(trial, step))
 
-    fit(distributed.wrap(trial.model, env, trial.device, sync_bn=cfg.train.sync_bn), trial.weighting, trial.task_losses,
+    fit(distributed.wrap(trial.model, env, trial.device, sync_bn=cfg.train.sync_bn), trial.balancer, trial.task_losses,
         train_loader_for(cfg, trial.datasets["train"], trial.start_step, env), trial.optimizer, cfg.train,
         device=trial.device, start_step=trial.start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
         log_fn=tracker.log_metrics if tracker is not None else lambda metrics, step: None,
@@ -321,13 +336,14 @@ def validate_on_main(trial: BuiltTrial, tracker: tracking.Tracker, loader: DataL
 
 
 def save_trial_checkpoint(trial: BuiltTrial, step: int) -> None:
-    """Write everything a resume needs, atomically (the previous file stays until the new one is whole)."""
+    """Write everything a resume needs, atomically and durably; the checkpoint before it stays as last.prev.pt."""
     save_checkpoint(trial.folder / CHECKPOINT, {
-        "model": trial.model.state_dict(), "weighting": trial.weighting.state_dict(),
+        "model": trial.model.state_dict(), "balancer": trial.balancer.state_dict(),
         "optimizer": trial.optimizer.state_dict(), "step": step, "rng_torch": torch.get_rng_state(),
+        **({"rng_cuda": torch.cuda.get_rng_state(trial.device)} if trial.device.type == "cuda" else {}),
         "best_value": trial.selection.value, "best_step": trial.selection.step, "run_id": trial.run_id,
         "config": json.dumps(trial.cfg.model_dump()), "mtbench_version": mtbench.__version__,
-        "git_commit": git_commit()})
+        "git_commit": git_commit()}, keep_previous=True)
 
 
 @dataclass
@@ -433,10 +449,11 @@ def check_same_config(saved: dict[str, Any], current: TrialConfig, path: Path) -
     if changed:
         shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
         raise MtbenchError(f"cannot resume {str(path)!r}: the config changed since it was written ({shown}). "
-                           "Run without --resume to start this trial afresh, or restore the old config.")
+                           "Rerun with --fresh to start this trial afresh, or restore the old config.")
 
 
 def clear_trial(cfg: TrialConfig) -> None:
     """Forget a trial's checkpoint and result so that it starts afresh (its MLflow run stays)."""
-    for name in (CHECKPOINT, BEST, RESULT):
-        (trial_dir(cfg) / name).unlink(missing_ok=True)
+    folder = trial_dir(cfg)
+    for path in (folder / CHECKPOINT, previous_path(folder / CHECKPOINT), folder / BEST, folder / RESULT):
+        path.unlink(missing_ok=True)

@@ -61,7 +61,7 @@ def shared_encoder(*, tasks: tuple[str, ...], dataset: str, backbone: str = "res
                          two_logit_heads=two_logit_heads)
 
 
-@register_model("single_task")
+@register_model("single_task", shared_encoder=False)
 def single_task(*, tasks: tuple[str, ...], dataset: str, backbone: str = "resnet18",
                 pretrained: bool | str = False, img_size: tuple[int, int] | None = None,
                 head_channels: int = 64, two_logit_heads: bool = False,

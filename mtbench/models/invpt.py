@@ -9,7 +9,7 @@ Faithful to the release:
   linspace(0, 0.15, depth=1) = [0.0], so none runs: `drop_path_rate` defaults to 0.
 - Preliminary decoder at 1/32 of the input (the last ViT map bilinearly resized to half its grid): per task
   two 3x3 ConvBNReLU (backbone width, then `preliminary_width` = 512) and a 1x1 preliminary prediction.
-  These predictions are supervised (`self.auxiliary`, trainer `auxiliary_loss`, weighted like the final ones).
+  These predictions are supervised (`self.auxiliary`, trainer `auxiliary_losses`: joined to their task's loss).
 - Per task, a 1x1 conv of [features, preliminary prediction] to the stage-1 width (`decoder_width` = 576).
 - Three stages at 1/32, 1/16 and 1/8 with per-task widths 576/288/144. Stages 2 and 3 first upsample each
   task's map 2x and apply two dilated (2) 3x3 ConvBNReLU, then add a ViT skip: block 12's map through a 3x3

@@ -10,6 +10,7 @@ from mtbench.data.dataset import normalize_image
 from mtbench.data.transforms import (
     build_transform,
     centre_pad,
+    fixed_resize,
     hflip,
     hsv_to_rgb,
     photometric_distortion,
@@ -42,6 +43,16 @@ def make_raw(h: int = 40, w: int = 50, seed: int = 0) -> dict[str, np.ndarray]:
         "depth": rng.uniform(0.5, 10.0, (h, w)).astype(np.float32),
         "normals": normals,
     }
+
+
+def large_raw(h: int, w: int) -> dict[str, np.ndarray]:
+    """make_raw at a size past its normals' index encoding, with random unit normals and a zero (invalid) block."""
+    with np.errstate(invalid="ignore"):
+        raw = make_raw(h, w)
+    n = np.random.default_rng(0).normal(size=(h, w, 3)).astype(np.float32)
+    n /= np.linalg.norm(n, axis=-1, keepdims=True)
+    n[: h // 4, : w // 4] = 0.0
+    return {**raw, "normals": n}
 
 
 def source_index(normals: torch.Tensor) -> torch.Tensor:
@@ -230,15 +241,42 @@ def test_zoom_divides_depth_and_rotation_turns_normals_in_plane() -> None:
 def test_mtinet_resizes_to_the_fixed_size_with_unit_normals(family: str, size: tuple[int, int]) -> None:
     raw = make_raw(30, 40)
     raw["normals"][10:20, 10:30] = 0.0  # invalid block
-    for train in (False, True):
-        out = build_transform("mtinet", family=family, train=train)(raw, np.random.default_rng(1))
-        assert {key: tuple(t.shape[-2:]) for key, t in out.items()} == dict.fromkeys(out, size)
-        norm = out["normals"].norm(dim=0)
-        assert float(norm.max()) <= 1 + 1e-5
-        if not train:
-            centre = norm[size[0] // 2 - 10:size[0] // 2 + 10, size[1] // 2 - 10:size[1] // 2 + 10]
-            assert bool((centre == 0).all())  # the invalid block stays exactly zero
-            assert bool(((norm - 1).abs() < 1e-5).float().mean() > 0.6)
+    out = build_transform("mtinet", family=family, train=True)(raw, np.random.default_rng(1))
+    assert {key: tuple(t.shape[-2:]) for key, t in out.items()} == dict.fromkeys(out, size)
+    assert float(out["normals"].norm(dim=0).max()) <= 1 + 1e-5
+    norm = np.linalg.norm(fixed_resize(raw, size)["normals"], axis=-1)  # the FixedResize step alone
+    assert float(norm.max()) <= 1 + 1e-5
+    centre = norm[size[0] // 2 - 10:size[0] // 2 + 10, size[1] // 2 - 10:size[1] // 2 + 10]
+    assert bool((centre == 0).all())  # the invalid block stays exactly zero
+    assert bool((np.abs(norm - 1) < 1e-5).mean() > 0.6)
+
+
+def test_mtinet_eval_resizes_the_image_and_keeps_the_labels_at_the_original_size() -> None:
+    """A PASCAL image of 375x500: the network sees 512x512, the labels stay 375x500 as the release scores them
+    (SimonVandenhende/Multi-Task-Learning-PyTorch: evaluation/evaluate_utils.py::eval_all_results)."""
+    raw = large_raw(375, 500)
+    del raw["depth"]
+    transform = build_transform("mtinet", family="pascal_context", train=False)
+    out = transform(raw, np.random.default_rng(0))
+    assert transform.name == "mtinet/eval 512x512 labels original"
+    assert out["image"].shape == (3, 512, 512)
+    assert {key: tuple(t.shape[-2:]) for key, t in out.items() if key != "image"} == dict.fromkeys(
+        ("semseg", "human_parts", "sal", "edge", "normals"), (375, 500))
+    for key in ("semseg", "human_parts", "sal"):
+        assert torch.equal(out[key], torch.from_numpy(raw[key].astype(np.int64)))
+    assert torch.equal(out["edge"][0], torch.from_numpy(raw["edge"]))
+    torch.testing.assert_close(out["normals"], torch.from_numpy(raw["normals"]).permute(2, 0, 1))
+
+
+def test_mtinet_eval_of_a_nyud_sample_is_as_before() -> None:
+    """NYUD images are 480x640 already: the eval sample is bit for bit the old one, everything through
+    FixedResize to 480x640."""
+    raw = {k: v for k, v in large_raw(480, 640).items() if k not in ("sal", "human_parts")}
+    out = build_transform("mtinet", family="nyud", train=False)(raw, np.random.default_rng(0))
+    before = build_transform(None, family="nyud", train=False)(fixed_resize(raw, (480, 640)), np.random.default_rng(0))
+    assert out.keys() == before.keys()
+    for key, value in before.items():
+        assert torch.equal(out[key], value), key
 
 
 # ---------------------------------------------------------------------------------------- photometric
@@ -312,7 +350,7 @@ def test_names_and_defaults() -> None:
     assert build_transform("atrc", family="pascal_context", train=False).name == "atrc/eval pad 512x512"
     assert build_transform("atrc", family="nyud", train=False, crop_size=[448, 576]).name == "atrc/eval pad 448x576"
     assert build_transform("mtinet", family="nyud", train=True).name == "mtinet/train 480x640"
-    assert build_transform("mtinet", family="pascal_context", train=False).name == "mtinet/eval 512x512"
+    assert build_transform("mtinet", family="pascal_context", train=False).name == "mtinet/eval 512x512 labels original"
     assert build_transform(None, family="nyud", train=True).name == "none"
 
 

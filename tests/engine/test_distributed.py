@@ -13,8 +13,9 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
+from mtbench.balancing import build_balancer
 from mtbench.engine.distributed import DistEnv, ShardedBatchSampler, env_from
-from mtbench.losses import FixedWeighting, build_task_loss
+from mtbench.losses import build_task_loss
 
 TASKS = ("semseg", "depth")
 
@@ -42,9 +43,10 @@ def global_batch() -> dict[str, torch.Tensor]:
 def loss_and_grads(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
     losses = {t: build_task_loss(t, dataset="synthetic_nyud") for t in TASKS}
     preds = model(batch["image"])
-    total = FixedWeighting(TASKS, {"semseg": 1.0, "depth": 2.0})({t: losses[t](preds[t], batch[t]) for t in TASKS})
-    total.backward()
-    return total.item(), [p.grad.clone() for p in model.parameters()]
+    balancer = build_balancer("fixed", tasks=TASKS, weights={"semseg": 1.0, "depth": 2.0})
+    scaled = balancer.scale({t: losses[t](preds[t], batch[t]) for t in TASKS})
+    balancer.backward(scaled)
+    return sum(v.item() for v in scaled.values()), [p.grad.clone() for p in model.parameters()]
 
 
 def rank_main(rank: int, world: int, store: str, out: str) -> None:

@@ -58,30 +58,33 @@ def test_weight_decay_only_on_kernels():
     assert plain["weight_decay"] == 0.0 and len(plain["params"]) == 3
 
 
-def test_auxiliary_loss_weights_intermediate_predictions_like_final_ones():
+def test_auxiliary_losses_join_their_task_summed_over_intermediate_predictions():
     from torch import nn
 
-    from mtbench.engine.trainer import auxiliary_loss
+    from mtbench.engine.trainer import auxiliary_losses, joined
 
     class Deep(nn.Module):
         auxiliary = {"scale_1": {"depth": torch.full((1, 1, 2, 2), 3.0)}, "scale_2": {"depth": torch.ones(1, 1, 1, 1)}}
 
     l1 = nn.L1Loss()
     batch = {"depth": torch.full((1, 1, 4, 4), 2.0)}
-    # |3 - 2| = 1 and |1 - 2| = 1 (the 1x1 map is upsampled to 4x4 first), each weighted by w_depth = 0.5.
-    assert auxiliary_loss(Deep(), {"depth": l1}, {"depth": 0.5}, batch).item() == pytest.approx(1.0)
+    # |3 - 2| = 1 and |1 - 2| = 1 (the 1x1 map is upsampled to 4x4 first): 2 for depth, added to its final loss,
+    # so the task's fixed scale and the balancer weight both (as MTINetLoss/PADNetLoss weight them).
+    auxiliary = auxiliary_losses(Deep(), {"depth": l1}, batch)
+    assert auxiliary["depth"].item() == pytest.approx(2.0)
+    assert joined({"depth": torch.tensor(0.25)}, auxiliary)["depth"].item() == pytest.approx(2.25)
 
     class Shallow(nn.Module):
         auxiliary: dict = {}
 
-    assert auxiliary_loss(Shallow(), {"depth": l1}, {"depth": 0.5}, batch) is None
+    assert auxiliary_losses(Shallow(), {"depth": l1}, batch) == {}
 
 
 def test_auxiliary_task_without_labels_is_a_clear_error():
     """PAD-Net/MTI-Net auxiliary-only tasks need their labels in the trial: named, not a bare KeyError."""
     from torch import nn
 
-    from mtbench.engine.trainer import auxiliary_loss
+    from mtbench.engine.trainer import auxiliary_losses
     from mtbench.errors import MtbenchError
 
     class Deep(nn.Module):
@@ -89,7 +92,7 @@ def test_auxiliary_task_without_labels_is_a_clear_error():
 
     batch = {"depth": torch.full((1, 1, 2, 2), 2.0)}
     with pytest.raises(MtbenchError, match="auxiliary task 'edge'.*Add 'edge' to dataset.tasks"):
-        auxiliary_loss(Deep(), {"depth": nn.L1Loss()}, {"depth": 1.0}, batch)
+        auxiliary_losses(Deep(), {"depth": nn.L1Loss()}, batch)
 
 
 # ---- released-recipe options: per-epoch schedule, Adam with coupled L2, decay on every parameter, SyncBN ----

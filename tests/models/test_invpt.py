@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtbench.engine.trainer import auxiliary_loss
+from mtbench.engine.trainer import auxiliary_losses
 from mtbench.errors import MtbenchError
 from mtbench.losses import build_task_loss
 from mtbench.models import build_backbone, build_model
@@ -60,7 +60,7 @@ def test_preliminary_predictions_are_supervised_through_the_trainer():
     assert {t: tuple(p.shape) for t, p in prelim.items()} == {
         t: (2, get_task(t).num_outputs(dataset), 2, 3) for t in DATASET_TASKS[dataset]}
     losses = {t: build_task_loss(t, dataset=dataset) for t in DATASET_TASKS[dataset]}
-    aux = auxiliary_loss(model, losses, {t: 1.0 for t in losses}, batch)
+    aux = sum(auxiliary_losses(model, losses, batch).values())
     aux.backward()
     for task in DATASET_TASKS[dataset]:
         assert model.preliminary_head[task].weight.grad.abs().sum() > 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mtbench.engine.trainer import auxiliary_loss
+from mtbench.engine.trainer import auxiliary_losses
 from mtbench.errors import MtbenchError
 from mtbench.losses import build_task_loss
 from mtbench.models import build_backbone, build_model, mtinet, padnet
@@ -86,8 +86,8 @@ def test_trainer_supervises_the_initial_predictions(name):
     final.backward(retain_graph=True)
     # The initial predictions are not on the path to the final ones: only deep supervision trains them.
     assert all(p.grad is None for p in initial_heads(model))
-    aux = auxiliary_loss(model, losses, weights, batch)
-    assert aux is not None and torch.isfinite(aux)
+    aux = sum(weights[t] * v for t, v in auxiliary_losses(model, losses, batch).items())
+    assert torch.isfinite(aux)
     # By hand: every auxiliary map, upsampled to the label size, with the task's weight (MTINetLoss/PADNetLoss).
     by_hand = sum(weights[t] * losses[t](nn.functional.interpolate(p, size=(64, 80), mode="bilinear"), batch[t])
                   for preds_ in model.auxiliary.values() for t, p in preds_.items())
