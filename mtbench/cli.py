@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mtbench.errors import MtbenchError
+from mtbench.errors import MtbenchError, Terminated
 
 if TYPE_CHECKING:
     from mtbench.report import Report
@@ -61,7 +63,8 @@ def run(
         if dry_run:
             console.print(yaml.safe_dump(exp.search.model_dump(), sort_keys=False))
             return
-        summary = run_study(exp, fresh=not resume, console=console)
+        with stops_cleanly():
+            summary = run_study(exp, fresh=not resume, console=console)
         console.print(summary)
         return
     trials = expand_trials(exp, where=str(experiment))
@@ -74,7 +77,8 @@ def run(
                   f"{len({t.seed for t in trials})} seeds) on {exp.launcher.name}"
                   + (f" x {exp.launcher.workers} workers" if exp.launcher.name == "local" and
                      exp.launcher.workers > 1 else ""))
-    results = launch_with_display(trials, exp.launcher, fresh=not resume, wait=wait)
+    with stops_cleanly():
+        results = launch_with_display(trials, exp.launcher, fresh=not resume, wait=wait)
     if not results and not wait:
         console.print(f"Submitted. Follow with `mtbench status {experiment}`.")
         return
@@ -148,7 +152,8 @@ def print_results(name: str, results: list, what: str = "primary test metrics") 
     console.print(table)
     failed = [r for r in results if r.status != "FINISHED"]
     if failed:
-        raise MtbenchError("\n".join(f"trial {r.key} failed: {r.metrics.get('error', '')}" for r in failed))
+        raise MtbenchError("\n".join(f"trial {r.key} {'skipped' if r.status == 'SKIPPED' else 'failed'}: "
+                                     f"{r.metrics.get('error', '')}" for r in failed))
     console.print(f"Browse the runs with `mtbench ui`; tables with `mtbench report --experiment {name}`.")
 
 
@@ -196,7 +201,7 @@ def eval_weights(
     exp = load_experiment(experiment, list(override or []), smoke=smoke)
     cfg = pick_trial(expand_trials(exp, where=str(experiment)), variant=variant, seed=seed)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with stops_cleanly(), Progress(*columns, console=console, transient=True) as progress:
         result = evaluate_weights(cfg, weights, split=split, progress=progress)
     console.print(result.weights.summary(), highlight=False)
     console.print(f"[bold]{exp.name}[/]: eval of the weights on the {split} split ({result.wall_time_s:.1f} s)")
@@ -407,16 +412,35 @@ def ui(
     raise typer.Exit(tracking.launch_ui(uri, host="127.0.0.1", port=port))
 
 
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+@contextmanager
+def stops_cleanly() -> Iterator[None]:
+    """Ctrl-C or SIGTERM in a command that trains: the open run is already KILLED (trial.closed_on_error);
+    say so and how to continue, and exit 130 (SIGINT) or 143 (SIGTERM)."""
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        err_console.print(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the trial's run is marked "
+                          "KILLED; rerun the same command to continue from its last checkpoint.")
+        raise typer.Exit(143 if terminated else 130) from None
+
+
 def main() -> None:
-    """Entry point: user errors print one message and exit 2, without a traceback."""
+    """Entry point: user errors print one message and exit 2, without a traceback; SIGTERM stops like Ctrl-C."""
+    import signal
+    import warnings
+
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app()
     except MtbenchError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("interrupted; continue with `mtbench run ... --resume`.")
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The one exception type for mistakes a user can make and fix."""
+"""The exception type for mistakes a user can make and fix, and the one for SIGTERM."""
 
 
 class MtbenchError(Exception):
@@ -7,3 +7,8 @@ class MtbenchError(Exception):
     The CLI prints its message alone, with no traceback, and exits with code 2. The message
     says what went wrong, where, and how to fix it.
     """
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (scancel, preemption, `kill`), raised by the CLI's handler: it stops a trial like Ctrl-C, so
+    the open run is closed as KILLED and the command exits 143."""

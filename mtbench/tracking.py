@@ -18,6 +18,7 @@ should not pay.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -25,15 +26,19 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from mtbench import locks
 from mtbench.errors import MtbenchError
 
 if TYPE_CHECKING:
@@ -54,6 +59,7 @@ TAG_TRIAL_ID = "mtbench.trial_id"  # TrialConfig.id: hash of the resolved config
 TAG_STUDY = "mtbench.study"  # Optuna study name of a search trial
 TAG_STUDY_TRIAL = "mtbench.study_trial"  # Optuna trial number
 TAG_PRUNED = "mtbench.pruned"  # "true" on a search trial that Optuna pruned (run status KILLED)
+TAG_END_REASON = "mtbench.end_reason"  # why a FAILED or KILLED run stopped: the error and its message, or the signal
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag: nests a study's trials under its parent run
 TAG_STUDY_PARENT = "mtbench.study_parent"  # "true" on a study's parent run
 TAG_REPORT = "mtbench.report"  # "true" on the run that holds a `mtbench report`'s files
@@ -81,6 +87,15 @@ _BATCH = 100  # MLflow's limit of params/tags per log_batch call
 _PARAM_LIMIT_FALLBACK = 500  # MAX_PARAM_VAL_LENGTH of older MLflow releases
 _TAG_LIMIT_FALLBACK = 5000
 _TRUNCATED = "...[truncated]"
+
+# MLflow's HTTP client retries a failed request 7 times with exponential backoff (about 4 minutes) and waits
+# 120 s for an answer. mtbench buffers metrics through outages itself (MetricSender), so each request may
+# fail fast: 3 retries, backoff factor 1 (1 + 2 + 4 s), 20 s timeout. A value the user exported wins.
+MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+for _var, _value in MLFLOW_HTTP_DEFAULTS.items():
+    os.environ.setdefault(_var, _value)
+DEFAULT_OUTAGE_S = 300.0
 
 # MLflow logs "Creating initial MLflow database tables..." through alembic on every new sqlite store.
 for _name in ("alembic", "mlflow.store.db.utils"):
@@ -224,21 +239,128 @@ def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
         yield items[i:i + size]
 
 
+class MetricSender:
+    """Send a run's metrics without ever blocking training on the store.
+
+    Metrics are queued and sent in batches; a batch that fails stays queued and is retried (every
+    `retry_s` from a background thread for a server; at the next call for a local store, where a second
+    writer thread would contend for the sqlite file). While the store is away a warning is printed once,
+    and once more when it is back. A store away for longer than `outage_s` makes the next `put` raise
+    MtbenchError, which fails the trial with its checkpoint kept: rerunning the command resumes it.
+    """
+
+    def __init__(self, client: MlflowClient, run_id: str, *, outage_s: float, threaded: bool,
+                 retry_s: float = 5.0) -> None:
+        self._client, self._run_id, self._outage_s, self._retry_s = client, run_id, outage_s, retry_s
+        self._queue: list[Any] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._down_since: float | None = None
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"mlflow-{run_id[:8]}") \
+            if threaded else None
+        if self._thread is not None:
+            self._thread.start()
+
+    def put(self, rows: list[Any]) -> None:
+        """Queue metric rows; raise MtbenchError if the store has been away longer than `outage_s`."""
+        self._check_outage()
+        with self._lock:
+            self._queue.extend(rows)
+        if self._thread is None:
+            self._send_all()
+        else:
+            self._wake.set()
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Send everything queued, retrying for up to `timeout_s` (default `outage_s`); raise if it cannot."""
+        deadline = time.monotonic() + (self._outage_s if timeout_s is None else timeout_s)
+        while self._pending():
+            self._send_all()
+            if not self._pending():
+                break
+            if time.monotonic() > deadline:
+                raise MtbenchError(self._outage_message(len(self._queue)))
+            time.sleep(min(self._retry_s, max(0.0, deadline - time.monotonic())))
+
+    def close(self) -> None:
+        """Stop the background thread (metrics still queued are dropped: call flush first to keep them)."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _pending(self) -> bool:
+        with self._lock:
+            return bool(self._queue)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self._retry_s)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self._send_all()
+
+    def _send_all(self) -> None:
+        while True:
+            with self._lock:
+                batch = self._queue[:1000]  # MLflow's metrics-per-batch limit
+            if not batch:
+                return
+            try:
+                self._client.log_batch(self._run_id, metrics=batch)
+            except Exception as err:  # connection refused, timeouts, 5xx: keep the batch, try again later
+                self._went_away(err)
+                return
+            with self._lock:
+                del self._queue[:len(batch)]
+            self._came_back()
+
+    def _went_away(self, err: Exception) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            warnings.warn(f"the tracking store is not answering ({type(err).__name__}); training goes on and its "
+                          f"metrics are kept and sent when it returns (giving up after {self._outage_s:.0f} s).",
+                          stacklevel=2)
+
+    def _came_back(self) -> None:
+        if self._down_since is not None:
+            warnings.warn(f"the tracking store is back after {time.monotonic() - self._down_since:.0f} s; the "
+                          "kept metrics were sent.", stacklevel=2)
+            self._down_since = None
+
+    def _check_outage(self) -> None:
+        if self._down_since is not None and time.monotonic() - self._down_since > self._outage_s:
+            raise MtbenchError(self._outage_message(len(self._queue)))
+
+    def _outage_message(self, queued: int) -> str:
+        return (f"the tracking store has not answered for over {self._outage_s:.0f} s (tracking.outage_s); "
+                f"{queued} metric values of run {self._run_id} could not be sent. The trial stops here with its "
+                "last checkpoint kept: when the store is back, rerun the same command to resume it.")
+
+
 class Tracker:
     """One MLflow run of one trial. Use `Tracker.start`, then `end(status)` (or a `with` block)."""
 
-    def __init__(self, client: MlflowClient, run_id: str) -> None:
+    def __init__(self, client: MlflowClient, run_id: str, *, outage_s: float = DEFAULT_OUTAGE_S,
+                 threaded: bool = False) -> None:
         self._client = client
         self.run_id = run_id
+        self._metrics = MetricSender(client, run_id, outage_s=outage_s, threaded=threaded)
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, object],
-              run_id: str | None = None) -> Tracker:
-        """Start a run in `experiment` (created if missing), or reopen `run_id` to resume it."""
+              run_id: str | None = None, outage_s: float = DEFAULT_OUTAGE_S) -> Tracker:
+        """Start a run in `experiment` (created if missing), or reopen `run_id` to resume it.
+
+        Metrics go through a MetricSender (sent from a background thread for a server), so a store that
+        goes away for up to `outage_s` seconds does not stop training.
+        """
         from mlflow.exceptions import MlflowException
 
         check_tracking_uri(uri)
         client = _client(uri)
+        build = functools.partial(cls, client, outage_s=outage_s, threaded=uri.startswith(("http:", "https:")))
         str_tags = {k: _clip(v, _limit("MAX_TAG_VAL_LENGTH", _TAG_LIMIT_FALLBACK)) for k, v in tags.items()}
         if run_id is not None:
             try:
@@ -250,7 +372,7 @@ class Tracker:
                 raise MtbenchError(f"cannot resume MLflow run {run_id!r}: it was deleted. Restore it "
                                    "(`mlflow runs restore`) or start a fresh run.")
             client.update_run(run_id, status="RUNNING")
-            tracker = cls(client, run_id)
+            tracker = build(run_id)
             tracker.set_tags(str_tags)
             return tracker
         found = client.get_experiment_by_name(experiment)
@@ -270,7 +392,7 @@ class Tracker:
         else:
             exp_id = found.experiment_id
         run = client.create_run(exp_id, run_name=run_name, tags=str_tags)
-        return cls(client, run.info.run_id)
+        return build(run.info.run_id)
 
     def log_params(self, flat: Mapping[str, object]) -> None:
         """Log params (values stringified and truncated); skip those already logged with that value.
@@ -298,9 +420,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        rows = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        for chunk in _chunks(rows, 1000):  # MLflow's metrics-per-batch limit
-            self._client.log_batch(self.run_id, metrics=chunk)
+        self._metrics.put([Metric(k, float(v), now, int(step)) for k, v in metrics.items()])
 
     def set_tags(self, tags: Mapping[str, object]) -> None:
         """Set tags (values stringified and truncated to MLflow's limit)."""
@@ -326,10 +446,22 @@ class Tracker:
         """Save a matplotlib figure as an artifact (format from the suffix, e.g. `.png`)."""
         self._client.log_figure(self.run_id, fig, artifact_file)
 
+    def flush(self) -> None:
+        """Send every queued metric (waiting up to tracking.outage_s for the store)."""
+        self._metrics.flush()
+
     def end(self, status: str = "FINISHED") -> None:
-        """Mark the run FINISHED, FAILED or KILLED."""
+        """Mark the run FINISHED (after sending every queued metric), FAILED or KILLED (sending what can be
+        sent within a few seconds: a trial that stops does not wait for the store)."""
         if status not in RUN_STATUSES:
             raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
+        try:
+            self._metrics.flush(None if status == "FINISHED" else 5.0)
+        except MtbenchError:
+            if status == "FINISHED":
+                raise
+        finally:
+            self._metrics.close()
         self._client.set_terminated(self.run_id, status=status)
 
     def __enter__(self) -> Tracker:
@@ -494,12 +626,38 @@ class TrialRecord:
     metrics: dict[str, float]
 
 
+def _new_sqlite_store(uri: str) -> bool:
+    """A sqlite store whose file does not exist yet: it holds no runs (and reading must not create it)."""
+    path = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+    return path is not None and not path.exists()
+
+
+@contextmanager
+def readable_store(uri: str) -> Iterator[None]:
+    """Turn a damaged store into one message naming it (and saying it is left as it is)."""
+    try:
+        yield
+    except MtbenchError:
+        raise
+    except Exception as err:  # sqlalchemy's DatabaseError, MlflowException, ...
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "not a database" not in text and "malformed" not in text and "no such table" not in text:
+            raise
+        raise MtbenchError(f"tracking store {uri!r} cannot be read: {text}. It is left untouched; move it aside "
+                           "(or restore it from a backup) and rerun, or set tracking.uri to another store.") from None
+
+
 def trial_records(uri: str, experiment: str) -> dict[str, TrialRecord]:
-    """Latest run per `mtbench.trial_id` tag in `experiment` (empty when the store or experiment is new)."""
-    path = _sqlite_path(uri)
-    if path is not None and not path.exists():
+    """Latest run per `mtbench.trial_id` tag in `experiment`, through MLflow's API on every kind of store
+    (sqlite, file, server); empty when the store or experiment is new. A server that is down is an error."""
+    if _new_sqlite_store(uri):
         return {}
-    client = _client(uri)
+    check_tracking_uri(uri)
+    with readable_store(uri):
+        return _trial_records(_client(uri), experiment)
+
+
+def _trial_records(client: MlflowClient, experiment: str) -> dict[str, TrialRecord]:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return {}
@@ -522,22 +680,41 @@ def trial_records(uri: str, experiment: str) -> dict[str, TrialRecord]:
 
 
 def ensure_store(uri: str) -> None:
-    """Create (and migrate) the store now, in one process: concurrent first use of a fresh sqlite store
-    by several workers races on MLflow's schema migration and corrupts it."""
+    """Create (and migrate) the store now, under a file lock beside a sqlite database: concurrent first use
+    of a fresh store (two `mtbench run`, several workers) races on MLflow's schema migration otherwise."""
     check_tracking_uri(uri)
-    _client(uri).search_experiments(max_results=1)
+    path = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+    lock = locks.exclusive(path.with_name(f".{path.name}.lock"), wait=True, what=f"store {uri}") \
+        if path is not None else nullcontext()
+    with lock, readable_store(uri):
+        _client(uri).search_experiments(max_results=1)
 
 
-def find_runs(uri: str, experiment: str, tags: Mapping[str, str]) -> list[str]:
-    """Ids of the runs of `experiment` carrying all `tags` (newest first); empty for a new store."""
-    path = _sqlite_path(uri)
-    if path is not None and not path.exists():
+def close_stale_runs(uri: str, experiment: str, trial_id: str, *, keep: str | None) -> list[str]:
+    """Mark KILLED every RUNNING run of `trial_id` but `keep`; return their ids.
+
+    Called by the process that holds the trial's lock (mtbench.locks), so no other process trains the
+    trial: a RUNNING run of it is one whose trainer died (kill -9, a lost node) or was abandoned by --fresh.
+    """
+    stale = [r for r in find_runs(uri, experiment, {TAG_TRIAL_ID: trial_id}, status="RUNNING") if r != keep]
+    client = _client(uri)
+    for run_id in stale:
+        client.set_tag(run_id, TAG_END_REASON, "stale: its trainer stopped without closing it (killed, or "
+                                               "the trial was restarted afresh)")
+        client.set_terminated(run_id, status="KILLED")
+    return stale
+
+
+def find_runs(uri: str, experiment: str, tags: Mapping[str, str], *, status: str | None = None) -> list[str]:
+    """Ids of the runs of `experiment` carrying all `tags` (and `status`; newest first); empty for a new store."""
+    if _new_sqlite_store(uri):
         return []
     client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    query = " and ".join([f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+                         + ([f"attributes.status = '{status}'"] if status else []))
     runs = client.search_runs([found.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"])
     return [r.info.run_id for r in runs]
 

@@ -32,7 +32,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise MtbenchError(f"{path}: not valid YAML: {err}") from None
     if data is None:
-        data = {}
+        raise MtbenchError(f"{path}: the file is empty (or only comments). An experiment needs at least a "
+                           "`dataset:` and a `model:` section; see experiments/quickstart.yaml.")
     if not isinstance(data, dict):
         raise MtbenchError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}.")
     return data
@@ -165,6 +166,22 @@ def validate(model: type[BaseModel], data: dict[str, Any], where: str) -> Any:
         raise MtbenchError(format_validation_error(err, model, where)) from None
 
 
+def check_override_takes_effect(data: dict[str, Any], key: str, where: str) -> None:
+    """Refuse a command-line override that every variant (or the grid) sets again, so it would change nothing."""
+    def covers(other: str) -> bool:
+        return key == other or key.startswith(other + ".")
+
+    variants = [v for v in data.get("variants") or [] if isinstance(v, dict)]
+    if variants and all(any(covers(k) for k in (v.get("overrides") or {})) for v in variants):
+        names = ", ".join(str(v.get("name")) for v in variants)
+        raise MtbenchError(f"{where}: has no effect: every variant ({names}) sets {key} itself. Change it in the "
+                           "variants' overrides in the file instead.")
+    swept = [k for k in data.get("grid") or {} if covers(k)]
+    if swept:
+        raise MtbenchError(f"{where}: has no effect: the grid sweeps {swept[0]}. Change the grid's values in the "
+                           "file instead.")
+
+
 def load_experiment(path: str | Path, overrides: list[str] | None = None, *, smoke: bool = False) -> Experiment:
     """Load, merge, override and validate an experiment file; every trial is validated too."""
     path = Path(path)
@@ -172,6 +189,7 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *, smo
     data.setdefault("name", path.stem)
     for text in overrides or []:
         key, value = parse_override(text)
+        check_override_takes_effect(data, key, where=f"-o {text}")
         set_dotted(data, key, value, where=f"-o {text}")
     if smoke:
         data = apply_smoke(data)

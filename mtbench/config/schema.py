@@ -106,6 +106,9 @@ class LossConfig(Strict):
 
 class TrackingConfig(Strict):
     uri: str | None = None
+    # How long the store may be away before a trial gives up (its metrics are kept meanwhile; the trial then
+    # stops with its checkpoint, resumable by rerunning). Not part of the trial id.
+    outage_s: float = Field(300.0, gt=0)
 
 
 class VariantConfig(Strict):

@@ -157,9 +157,10 @@ def nyud(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | N
     variant = detect_variant(path)
     ids = read_split(path / "gt_sets" / f"{split_name}.txt", "nyud", path)
     ids, skipped = drop_missing(ids, missing_files(path, variant, task_tuple, ids), skip=skip_missing,
-                                dataset=f"nyud ({variant})", split=split, root=path,
+                                dataset="nyud", variant=variant, split=split, root=path,
                                 example=lambda key, i: VARIANTS[variant][key].path(path, i))
-    image_size = "x".join(map(str, read_rgb(VARIANTS[variant]["image"].path(path, ids[0])).shape[:2]))
+    first = load(VARIANTS[variant]["image"].path(path, ids[0]), read_rgb, ids[0])  # a corrupt image: one message
+    image_size = "x".join(map(str, first.shape[:2]))
     transform = build_transform(protocol, family="nyud", train=split == "train",
                                 crop_size=tuple(crop_size) if crop_size else None,
                                 pad_to=tuple(pad_to) if pad_to else None)

@@ -155,13 +155,15 @@ def check_root(root: str | Path | None, dataset: str) -> Path:
 
 
 def drop_missing(ids: list[str], missing: dict[str, list[str]], *, skip: bool, dataset: str, split: str,
-                 root: Path, example: Callable[[str, str], Path]) -> tuple[list[str], list[str]]:
+                 root: Path, example: Callable[[str, str], Path],
+                 variant: str | None = None) -> tuple[list[str], list[str]]:
     """Ids to use and ids skipped: with files missing, an error naming one (or, with `skip`, drop them)."""
     if not missing:
         return ids, []
     if not skip:
         key, absent = next(iter(missing.items()))
-        raise BadSampleError(f"{dataset}: {len(absent)} of {len(ids)} {split} ids have no {key} file, e.g. "
+        where = f"{dataset} ({variant})" if variant else dataset
+        raise BadSampleError(f"{where}: {len(absent)} of {len(ids)} {split} ids have no {key} file, e.g. "
                              f"{example(key, absent[0])} (id {absent[0]!r}). Run `mtbench data check {dataset} "
                              f"--root {root}`, or set dataset.options.skip_missing: true to drop them.")
     skipped = sorted({i for absent in missing.values() for i in absent})

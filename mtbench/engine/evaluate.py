@@ -50,13 +50,17 @@ def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], meters: dict[st
                         meter.update(pred, target)
             if task_id is not None:
                 progress.advance(task_id)
+        metrics: dict[str, float] = {}
+        for meter in meters.values():
+            metrics.update(meter.compute())
+    except BaseException:  # Ctrl-C, SIGTERM, an error: no meter's worker process outlives the evaluation
+        for meter in meters.values():
+            meter.close()
+        raise
     finally:
         model.train(was_training)
         if task_id is not None:
             progress.remove_task(task_id)
-    metrics: dict[str, float] = {}
-    for meter in meters.values():
-        metrics.update(meter.compute())
     return metrics
 
 

@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import random
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -22,7 +24,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 import mtbench
-from mtbench import tracking
+from mtbench import locks, tracking
 from mtbench.balancing import Balancer, build_balancer
 from mtbench.balancing.base import check_data_parallel
 from mtbench.config.schema import NOT_IDENTITY, TrialConfig, _without_neutral
@@ -39,7 +41,7 @@ from mtbench.engine.checkpoint import (
 from mtbench.engine.evaluate import evaluate
 from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.engine.visualize import prediction_grids
-from mtbench.errors import MtbenchError
+from mtbench.errors import MtbenchError, Terminated
 from mtbench.losses import build_task_loss
 from mtbench.metrics import build_meter, is_reference, metric_direction
 from mtbench.models import build_model
@@ -48,6 +50,7 @@ from mtbench.protocols import Meter, TaskDataset
 from mtbench.tasks import DATASET_FAMILY, get_task, resolve_tasks
 
 CHECKPOINT = "last.pt"
+LOCK = ".trial.lock"
 BEST = "best.pt"
 RESULT = "result.json"
 
@@ -63,6 +66,17 @@ class TrialResult:
     status: str
     metrics: dict[str, float] = field(default_factory=dict)
     wall_time_s: float = 0.0
+    trial_id: str = ""  # TrialConfig.id ("" in result.json files of older versions)
+
+
+def finished_result(folder: Path, cfg: TrialConfig) -> TrialResult | None:
+    """The result.json of this trial in `folder`, if it finished there (the folder of a variant and seed may
+    hold a trial of another config, e.g. after `-o train.steps=...`)."""
+    path = folder / RESULT
+    if not path.is_file():
+        return None
+    result = TrialResult(**json.loads(path.read_text()))
+    return result if result.trial_id in ("", cfg.id) else None
 
 
 def trial_dir(cfg: TrialConfig) -> Path:
@@ -198,15 +212,22 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
     """
     started = time.time()
     folder = trial_dir(cfg)
-    if resume and (folder / RESULT).is_file():
-        return TrialResult(**json.loads((folder / RESULT).read_text()))
+    if resume and (done := finished_result(folder, cfg)) is not None:
+        return done
     env = distributed.env_from()
     device = distributed.setup(env, resolve_device(cfg.train.device))
+    stack = contextlib.ExitStack()
     try:
         distributed.check_batch(cfg.train.batch_size, env)
         distributed.check_sync_bn(cfg.train.sync_bn, env, device)
         uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
         tracking.check_tracking_uri(uri)
+        # One trainer per trial: a second coordinator (another `mtbench run`, SLURM task or Optuna worker)
+        # gets locks.Busy here and skips the trial; the lock goes when this process ends, however it ends.
+        distributed.on_main(env, lambda: stack.enter_context(
+            locks.exclusive(folder / LOCK, wait=False, what=f"trial {cfg.key} (id {cfg.id})")))
+        if resume and (done := finished_result(folder, cfg)) is not None:  # finished while we waited
+            return done
         distributed.on_main(env, lambda: prepare_output(folder, fresh=not resume, cfg=cfg))
         trial = build(cfg, env, device, folder)
         tracker = resume_trial(trial, uri, resume=resume, extra_tags=extra_tags)
@@ -215,6 +236,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
             tested = distributed.on_main(env, lambda: test(trial, tracker, progress=progress))
             result = distributed.on_main(env, lambda: record(trial, tracker, tested, started=started))
     finally:
+        stack.close()
         distributed.teardown(env)
     # The other ranks of a data-parallel trial only train: rank 0 holds the run and the metrics.
     return result or TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id="", status="FINISHED")
@@ -227,6 +249,9 @@ def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, fold
     datasets = {split: build_dataset(cfg.dataset.name, root=cfg.dataset.root, split=split, tasks=list(tasks),
                                      protocol=protocol, **cfg.dataset.options) for split in ("train", "val", "test")}
     datasets["train"].augment_seed = cfg.seed  # each trial seed draws its own augmentations
+    if cfg.train.batch_size > len(datasets["train"]):
+        raise MtbenchError(f"train.batch_size {cfg.train.batch_size} exceeds the {len(datasets['train'])} training "
+                           f"samples of {cfg.dataset.name}: lower train.batch_size, or train on more samples.")
     img_size = tuple(datasets["train"][0]["image"].shape[-2:])
     seed_everything(cfg.seed, device)
     model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
@@ -270,8 +295,11 @@ def start_run(trial: BuiltTrial, uri: str, extra_tags: dict[str, str] | None) ->
     cfg = trial.cfg
     cost = measure_cost(trial.model, trial.img_size)
     tags = {**run_tags(trial), **(extra_tags or {})}
-    tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=trial.run_id)
+    tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=trial.run_id,
+                                     outage_s=cfg.tracking.outage_s)
     trial.run_id = tracker.run_id
+    # This process holds the trial's lock: any other RUNNING run of it lost its trainer (kill -9, --fresh).
+    tracking.close_stale_runs(uri, cfg.experiment, cfg.id, keep=tracker.run_id)
     resolved = cfg.model_dump()
     tracker.log_params(run_params(trial, cost))
     tracker.log_dict(resolved, "config.yaml")
@@ -384,7 +412,7 @@ def record(trial: BuiltTrial, tracker: tracking.Tracker, tested: Tested, *, star
     cfg = trial.cfg
     log_predictions(trial, tracker)
     result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id, status="FINISHED",
-                         metrics=tested.metrics, wall_time_s=time.time() - started)
+                         metrics=tested.metrics, wall_time_s=time.time() - started, trial_id=cfg.id)
     tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested.step}, cfg.train.steps)
     tracker.log_dict({"split": "test", "checkpoint": cfg.train.select, "tested_step": tested.step,
                       "select_metric": trial.selection.metric, **tested.metrics}, "final_metrics.json")
@@ -405,8 +433,22 @@ def closed_on_error(tracker: tracking.Tracker | None) -> Iterator[None]:
         raise
     except BaseException as err:
         if tracker is not None:
-            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            try:
+                tracker.set_tags({tracking.TAG_END_REASON: end_reason(err)})
+                tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            except Exception as tracking_err:  # the store is gone too: the trial's own error is the one to report
+                warnings.warn(f"could not close run {tracker.run_id} ({tracking_err}); it stays RUNNING until the "
+                              "trial is rerun.", stacklevel=2)
         raise
+
+
+def end_reason(err: BaseException) -> str:
+    """Why a trial stopped, as the run's `mtbench.end_reason` tag: the signal, or the error and its message."""
+    if isinstance(err, Terminated):
+        return "terminated (SIGTERM)"
+    if isinstance(err, KeyboardInterrupt):
+        return "interrupted (SIGINT)"
+    return f"{type(err).__name__}: {err}"
 
 
 def train_loader_for(cfg: TrialConfig, dataset: Any, start_step: int, env: distributed.DistEnv) -> DataLoader:

@@ -120,6 +120,16 @@ class BoundaryMeter(Meter):
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
+    def close(self) -> None:
+        """Kill the matching workers now (an interrupted evaluation): their pending images are dropped."""
+        pool, self._pool = self._pool, None
+        self._pending, self._rows = [], []
+        if pool is None:
+            return
+        for process in list(getattr(pool, "_processes", {}).values()):  # shutdown() alone waits for running jobs
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
     def _empty_state(self, device: torch.device) -> dict[str, Tensor]:
         return {"counts": torch.zeros((0, len(self.protocol.thresholds), 4), dtype=torch.long)}
 

@@ -114,6 +114,11 @@ class Meter(ABC):
         """Forget everything seen since the last reset."""
         self._state = None
 
+    def close(self) -> None:
+        """Stop at once whatever the meter runs beside the caller (worker processes); an evaluation that is
+        interrupted calls it, so no process outlives the trial. Meters that run nothing only reset."""
+        self.reset()
+
     @abstractmethod
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add one batch."""

@@ -24,6 +24,7 @@ from mtbench.config.schema import LauncherConfig, TrialConfig
 from mtbench.engine import TrialResult, run_trial
 from mtbench.engine.trainer import NonFiniteLossError
 from mtbench.errors import MtbenchError
+from mtbench.locks import Busy
 
 Update = Callable[[TrialConfig, str, str], None]  # (trial, state, detail) -> None, for live displays
 
@@ -57,9 +58,13 @@ def plan_sweep(trials: list[TrialConfig], *, fresh: bool = False) -> SweepPlan:
 
 
 def run_one(trial: TrialConfig, *, fresh: bool, progress: Any = None) -> TrialResult:
-    """Run one trial; a diverged or misconfigured trial becomes a FAILED result, not an exception."""
+    """Run one trial; a diverged or misconfigured trial becomes a FAILED result, one another process is
+    training a SKIPPED one, not an exception."""
     try:
         return run_trial(trial, resume=not fresh, progress=progress)
+    except Busy as err:  # another coordinator trains it now
+        return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="SKIPPED",
+                           metrics={"error": str(err)})
     except (NonFiniteLossError, MtbenchError) as err:
         return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="FAILED",
                            metrics={"error": str(err)})
