@@ -102,6 +102,18 @@ def test_smoke_swaps_dataset_backbone_steps(write_yaml):
      "0.9; keep one of them"),
     (BASE + "variants: [{name: v, overrides: {loss.task_options.sal: {}}}]\n", [],
      "variant 'v': loss.task_options names task(s) 'sal' that this trial does not train"),
+    ("", [], "the file is empty (or only comments)"),
+    ("# only a comment\n", [], "the file is empty (or only comments)"),
+    (BASE + "variants: [{name: a, overrides: {model.name: demt}}, {name: b, overrides: {model.name: padnet}}]\n",
+     ["model.name=nosuch"], "-o model.name=nosuch: has no effect: every variant (a, b) sets model.name itself"),
+    (BASE + "variants: [{name: a, overrides: {model.options: {mixer_width: 8}}}]\n",
+     ["model.options.mixer_width=16"], "every variant (a) sets model.options itself"),
+    (BASE + "grid: {train.optimizer.lr: [0.1, 0.01]}\n", ["train.optimizer.lr=0.5"],
+     "has no effect: the grid sweeps train.optimizer.lr"),
+    (BASE, ["loss.weighting=dwa", "loss.options={temprature: 1.0}"],
+     "unknown option 'temprature' for balancer 'dwa' (loss.options). Did you mean 'temperature'?"),
+    (BASE + "variants: [{name: st, overrides: {model.name: single_task}}]\n", ["loss.weighting=upgrad"],
+     "balancer 'upgrad' aggregates the gradients of the shared encoder, but model 'single_task' has none"),
 ])
 def test_bad_config_is_one_clear_error(write_yaml, text, overrides, message):
     path = write_yaml("bad.yaml", text)
@@ -196,3 +208,8 @@ def test_run_selects_trials_by_variant_and_seed(tmp_path):
     result = run_cli("run", str(EXPERIMENTS / "quickstart.yaml"), "--variant", "demt", "--seed", "1", "--dry-run",
                      cwd=tmp_path)
     assert result.returncode == 0 and "7bbdad6c3295" in result.stdout and "1 trials" in result.stdout
+
+
+def test_an_override_that_one_variant_leaves_alone_is_accepted(write_yaml):
+    text = BASE + "variants: [{name: a, overrides: {model.name: demt}}, {name: b}]\n"
+    load_experiment(write_yaml("e.yaml", text), ["model.name=padnet"])

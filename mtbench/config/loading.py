@@ -172,10 +172,11 @@ def check_override_takes_effect(data: dict[str, Any], key: str, where: str) -> N
         return key == other or key.startswith(other + ".")
 
     variants = [v for v in data.get("variants") or [] if isinstance(v, dict)]
-    if variants and all(any(covers(k) for k in (v.get("overrides") or {})) for v in variants):
+    setters = [next((k for k in (v.get("overrides") or {}) if covers(k)), None) for v in variants]
+    if variants and all(setters):
         names = ", ".join(str(v.get("name")) for v in variants)
-        raise MtbenchError(f"{where}: has no effect: every variant ({names}) sets {key} itself. Change it in the "
-                           "variants' overrides in the file instead.")
+        raise MtbenchError(f"{where}: has no effect: every variant ({names}) sets {min(setters, key=len)} itself. "
+                           "Change it in the variants' overrides in the file instead.")
     swept = [k for k in data.get("grid") or {} if covers(k)]
     if swept:
         raise MtbenchError(f"{where}: has no effect: the grid sweeps {swept[0]}. Change the grid's values in the "

@@ -50,6 +50,60 @@ def test_checkpoint_is_atomic_and_weights_only(tmp_path):
         load_checkpoint(path)
 
 
+def test_checkpoints_keep_the_previous_one_and_fall_back_to_it(tmp_path):
+    from mtbench.engine.checkpoint import load_resume_checkpoint, previous_path
+
+    path = tmp_path / "last.pt"
+    assert load_resume_checkpoint(path) is None
+    for step in (1, 2, 3):
+        save_checkpoint(path, {"step": step}, keep_previous=True)
+    assert load_checkpoint(path)["step"] == 3 and load_checkpoint(previous_path(path))["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
+    path.write_bytes(path.read_bytes()[:20])  # truncated by a crash or a full disk
+    with pytest.warns(UserWarning, match="Resuming from the previous checkpoint .* \\(step 2\\)"):
+        assert load_resume_checkpoint(path)["step"] == 2
+    previous_path(path).write_bytes(b"garbage")
+    with pytest.raises(MtbenchError, match="no readable checkpoint to resume from: .*Rerun with --fresh"):
+        load_resume_checkpoint(path)
+
+
+def test_a_full_disk_is_one_message_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    import errno
+
+    from mtbench.engine import checkpoint
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    with pytest.raises(MtbenchError, match=r"no space left on the device of .* needs about 0\.0 MiB"):
+        save_checkpoint(tmp_path / "last.pt", {"w": torch.zeros(10)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_second_holder_of_a_trial_lock_is_told_who_holds_it(tmp_path):
+    import subprocess
+    import sys
+
+    from mtbench.locks import Busy, exclusive
+
+    lock = tmp_path / ".trial.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from mtbench.locks import exclusive\n"
+        f"with exclusive(Path({str(lock)!r}), wait=False, what='t'):\n"
+        "    print('held', flush=True); time.sleep(30)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Busy, match=f"trial x is in use by process {holder.pid} on"), \
+                exclusive(lock, wait=False, what="trial x"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with exclusive(lock, wait=False, what="trial x"):  # released when its holder died, even by SIGKILL
+        pass
+
+
 def test_weight_decay_only_on_kernels():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     opt = build_optimizer([model], TrainConfig(optimizer={"name": "adamw", "weight_decay": 0.05}))
