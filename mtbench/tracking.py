@@ -343,10 +343,31 @@ class Tracker:
     """One MLflow run of one trial. Use `Tracker.start`, then `end(status)` (or a `with` block)."""
 
     def __init__(self, client: MlflowClient, run_id: str, *, outage_s: float = DEFAULT_OUTAGE_S,
-                 threaded: bool = False) -> None:
+                 threaded: bool = False, uri: str | None = None) -> None:
         self._client = client
         self.run_id = run_id
+        self._uri = uri
         self._metrics = MetricSender(client, run_id, outage_s=outage_s, threaded=threaded)
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Turn a failed call to an MLflow server that no longer answers into one MtbenchError (the trial stops
+        with its checkpoint kept); any other failure, or one of a server that still answers, is raised as is."""
+        try:
+            yield
+        except MtbenchError:
+            raise
+        except Exception as err:
+            if self._uri is None or not self._uri.startswith(("http:", "https:")):
+                raise
+            try:
+                check_tracking_uri(self._uri)
+            except MtbenchError:
+                raise MtbenchError(
+                    f"the MLflow server {self._uri!r} stopped answering ({type(err).__name__}) while run "
+                    f"{self.run_id} was being written. The trial stops here with its last checkpoint kept: when the "
+                    "server is back, rerun the same command to resume it.") from None
+            raise
 
     @classmethod
     def start(cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, object],
@@ -360,7 +381,8 @@ class Tracker:
 
         check_tracking_uri(uri)
         client = _client(uri)
-        build = functools.partial(cls, client, outage_s=outage_s, threaded=uri.startswith(("http:", "https:")))
+        build = functools.partial(cls, client, outage_s=outage_s, threaded=uri.startswith(("http:", "https:")),
+                                  uri=uri)
         str_tags = {k: _clip(v, _limit("MAX_TAG_VAL_LENGTH", _TAG_LIMIT_FALLBACK)) for k, v in tags.items()}
         if run_id is not None:
             try:
@@ -403,7 +425,8 @@ class Tracker:
         from mlflow.entities import Param
 
         limit = _limit("MAX_PARAM_VAL_LENGTH", _PARAM_LIMIT_FALLBACK)
-        logged = self._client.get_run(self.run_id).data.params
+        with self._answering():
+            logged = self._client.get_run(self.run_id).data.params
         new = {k: _clip(v, limit) for k, v in flat.items()}
         changed = {k: (logged[k], v) for k, v in new.items() if k in logged and logged[k] != v}
         if changed:
@@ -412,8 +435,9 @@ class Tracker:
                                f"param(s) ({diff}). Resume with the run's original config, or start a "
                                "new run.")
         params = [Param(k, v) for k, v in new.items() if k not in logged]
-        for chunk in _chunks(params, _BATCH):
-            self._client.log_batch(self.run_id, params=chunk)
+        with self._answering():
+            for chunk in _chunks(params, _BATCH):
+                self._client.log_batch(self.run_id, params=chunk)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log `{name: value}` at `step`; names like `val/semseg/mIoU` are fine for MLflow."""
@@ -428,23 +452,28 @@ class Tracker:
 
         limit = _limit("MAX_TAG_VAL_LENGTH", _TAG_LIMIT_FALLBACK)
         rows = [RunTag(k, _clip(v, limit)) for k, v in tags.items()]
-        for chunk in _chunks(rows, _BATCH):
-            self._client.log_batch(self.run_id, tags=chunk)
+        with self._answering():
+            for chunk in _chunks(rows, _BATCH):
+                self._client.log_batch(self.run_id, tags=chunk)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Copy a local file or folder into the run's artifacts (under `artifact_path`)."""
-        self._client.log_artifact(self.run_id, str(path), artifact_path)
+        with self._answering():
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self._client.log_text(self.run_id, text, artifact_file)
+        with self._answering():
+            self._client.log_text(self.run_id, text, artifact_file)
 
     def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
         """Save `d` as JSON or YAML, chosen by the suffix of `artifact_file`."""
-        self._client.log_dict(self.run_id, dict(d), artifact_file)
+        with self._answering():
+            self._client.log_dict(self.run_id, dict(d), artifact_file)
 
     def log_figure(self, fig: Any, artifact_file: str) -> None:
         """Save a matplotlib figure as an artifact (format from the suffix, e.g. `.png`)."""
-        self._client.log_figure(self.run_id, fig, artifact_file)
+        with self._answering():
+            self._client.log_figure(self.run_id, fig, artifact_file)
 
     def flush(self) -> None:
         """Send every queued metric (waiting up to tracking.outage_s for the store)."""
@@ -462,7 +491,8 @@ class Tracker:
                 raise
         finally:
             self._metrics.close()
-        self._client.set_terminated(self.run_id, status=status)
+        with self._answering():
+            self._client.set_terminated(self.run_id, status=status)
 
     def __enter__(self) -> Tracker:
         return self

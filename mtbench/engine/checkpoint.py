@@ -14,6 +14,8 @@ import torch
 
 from mtbench.errors import MtbenchError
 
+_FRESH = " Rerun with --fresh to start the trial afresh."
+
 
 def previous_path(path: Path) -> Path:
     """Where the checkpoint before `path` is kept: last.pt -> last.prev.pt."""
@@ -52,8 +54,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for damaged files
-        raise MtbenchError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err}). "
-                           "Rerun with --fresh to start the trial afresh.") from None
+        raise MtbenchError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err}).{_FRESH}") from None
 
 
 def load_resume_checkpoint(path: Path) -> dict[str, Any] | None:
@@ -70,9 +71,9 @@ def load_resume_checkpoint(path: Path) -> dict[str, Any] | None:
         except MtbenchError as err:
             problems.append(str(err))
             continue
-        if problems:
-            warnings.warn(f"{problems[0]} Resuming from the previous checkpoint {str(candidate)!r} instead "
-                          f"(step {state.get('step')}).", stacklevel=2)
+        if problems:  # the previous checkpoint serves: no advice to start afresh
+            warnings.warn(f"{problems[0].removesuffix(_FRESH)} Resuming from the previous checkpoint "
+                          f"{str(candidate)!r} instead (step {state.get('step')}).", stacklevel=2)
         return state
     if problems:
         names = " and ".join(repr(str(p)) for p in candidates)

@@ -416,8 +416,8 @@ def record(trial: BuiltTrial, tracker: tracking.Tracker, tested: Tested, *, star
     tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested.step}, cfg.train.steps)
     tracker.log_dict({"split": "test", "checkpoint": cfg.train.select, "tested_step": tested.step,
                       "select_metric": trial.selection.metric, **tested.metrics}, "final_metrics.json")
+    tracker.end("FINISHED")  # first: a result.json beside a run left RUNNING would make reruns skip the trial
     write_text_atomic(trial.folder / RESULT, json.dumps(asdict(result), indent=2))
-    tracker.end("FINISHED")
     return result
 
 
@@ -437,8 +437,9 @@ def closed_on_error(tracker: tracking.Tracker | None) -> Iterator[None]:
                 tracker.set_tags({tracking.TAG_END_REASON: end_reason(err)})
                 tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             except Exception as tracking_err:  # the store is gone too: the trial's own error is the one to report
-                warnings.warn(f"could not close run {tracker.run_id} ({tracking_err}); it stays RUNNING until the "
-                              "trial is rerun.", stacklevel=2)
+                why = "the tracking store does not answer" if isinstance(tracking_err, MtbenchError) else tracking_err
+                warnings.warn(f"could not close run {tracker.run_id} ({why}); it stays RUNNING until the trial is "
+                              "rerun.", stacklevel=2)
         raise
 
 
