@@ -434,13 +434,15 @@ def main() -> None:
     import signal
     import warnings
 
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app()
     except MtbenchError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    finally:  # main() called in-process (tests, notebooks) leaves the caller's handler as it was
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
