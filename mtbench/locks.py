@@ -26,8 +26,12 @@ class Busy(MtbenchError):
 @contextmanager
 def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `path` for the block; without `wait`, raise Busy naming the holder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise MtbenchError(f"cannot create the lock file {str(path)!r} for {what} ({err.strerror}). Make its "
+                           "folder writable, or choose another one (output_dir).") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

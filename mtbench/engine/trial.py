@@ -120,6 +120,18 @@ def git_commit() -> str:
     return lines[1]
 
 
+@contextlib.contextmanager
+def trial_lock(folder: Path, cfg: TrialConfig) -> Iterator[None]:
+    """Hold the trial's lock (mtbench.locks); a folder that cannot be created is the output_dir error."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise MtbenchError(f"output_dir: cannot write to {str(folder)!r} ({err.strerror}). "
+                           "Choose a writable folder with -o output_dir=PATH.") from None
+    with locks.exclusive(folder / LOCK, wait=False, what=f"trial {cfg.key} (id {cfg.id})"):
+        yield
+
+
 def prepare_output(folder: Path, *, fresh: bool, cfg: TrialConfig) -> None:
     """Create the trial folder (emptied of an earlier attempt unless resuming), or fail clearly if unwritable."""
     try:
@@ -224,8 +236,7 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
         tracking.check_tracking_uri(uri)
         # One trainer per trial: a second coordinator (another `mtbench run`, SLURM task or Optuna worker)
         # gets locks.Busy here and skips the trial; the lock goes when this process ends, however it ends.
-        distributed.on_main(env, lambda: stack.enter_context(
-            locks.exclusive(folder / LOCK, wait=False, what=f"trial {cfg.key} (id {cfg.id})")))
+        distributed.on_main(env, lambda: stack.enter_context(trial_lock(folder, cfg)))
         if resume and (done := finished_result(folder, cfg)) is not None:  # finished while we waited
             return done
         distributed.on_main(env, lambda: prepare_output(folder, fresh=not resume, cfg=cfg))
