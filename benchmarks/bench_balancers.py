@@ -3,7 +3,8 @@
 `python benchmarks/bench_balancers.py --setting quickstart` (shared_encoder and DeMT, `tiny` backbone, DeMT
 mixer_width 64, synthetic_nyud 64x80, batch 8: the quickstart's trials) or `--setting swin` (both on Swin-T,
 `swin_tiny` random init, at NYUD's 428x560, batch 2; DeMT with its released options). `--json PATH` writes the
-results. Device: CUDA when available, else the CPU.
+results. Device: CUDA when available, else the CPU; on a CPU that other jobs share, `--threads 1` gives steadier
+numbers (two threads that wait on each other make the steps two to three times slower there).
 
 One step is what `mtbench.engine.trainer.fit` does: forward (`batch_losses`), deep-supervision terms joined
 (`joined`), fixed scales (`balancer.scale`, the quickstart's `loss.weights`), `balancer.backward`, the finite
@@ -238,7 +239,8 @@ def memory_pass(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     cmd = [sys.executable, __file__, "--setting", args.setting, "--memory-child",
            *(["--threads", str(args.threads)] if args.threads else []),
-           *(["--batch", str(args.batch)] if args.batch else []), *(f"--balancer={b}" for b in args.balancer)]
+           *(["--batch", str(args.batch)] if args.batch else []), *(f"--model={m}" for m in args.model),
+           *(f"--balancer={b}" for b in args.balancer)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out)
 
@@ -263,6 +265,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, help="untimed steps per balancer (default: the setting's)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default: the setting's)")
     parser.add_argument("--balancer", action="append", default=[], help="only these (repeatable; fixed is added)")
+    parser.add_argument("--model", action="append", choices=["shared_encoder", "demt"], default=[],
+                        help="only this model (repeatable; default both)")
     parser.add_argument("--rss", action=argparse.BooleanOptionalAction, default=None,
                         help="CPU: measure each step's peak resident set growth in a child process")
     parser.add_argument("--batch", type=int, help="batch size (default: the setting's)")
@@ -273,6 +277,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     setting = {**SETTINGS[args.setting], **({"batch": args.batch} if args.batch else {})}
+    if args.model:
+        setting["models"] = {m: o for m, o in setting["models"].items() if m in args.model}
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     names = args.balancer or [n for n in WEIGHTINGS.names() if n != "fixed"]
     labels = ["fixed", *(n for n in names if n != "fixed"), AGAIN]
