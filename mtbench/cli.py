@@ -122,10 +122,11 @@ def print_trial_table(trials: list, title: str) -> None:
     table = Table(title=title)
     for col in ("id", "variant", "seed", "status", "run"):
         table.add_column(col)
+    busy = {t.id for t in plan.busy}
     for t in trials:
         record = plan.records.get(t.id)
-        table.add_row(t.id, t.variant, str(t.seed), record.status if record else "new",
-                      record.run_id if record else "")
+        state = (record.status if record else "new") + (" (training now: locked)" if t.id in busy else "")
+        table.add_row(t.id, t.variant, str(t.seed), state, record.run_id if record else "")
     console.print(table)
 
 
@@ -434,7 +435,10 @@ def main() -> None:
     import signal
     import warnings
 
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    from mtbench.engine import stopping
+
+    # SIGTERM mid-training checkpoints the step it lands in, then stops the trial like Ctrl-C.
+    previous = signal.signal(signal.SIGTERM, stopping.deferred(_raise_terminated))
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         app()

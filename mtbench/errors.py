@@ -12,3 +12,8 @@ class MtbenchError(Exception):
 class Terminated(KeyboardInterrupt):
     """SIGTERM (scancel, preemption, `kill`), raised by the CLI's handler: it stops a trial like Ctrl-C, so
     the open run is closed as KILLED and the command exits 143."""
+
+
+class Preempted(Terminated):
+    """SLURM's USR2 under submitit (preemption, time limit): the trial stops like SIGTERM, then the job requeues
+    and resumes from the checkpoint of the step it stopped at."""

@@ -36,14 +36,19 @@ def exclusive(path: Path, *, wait: bool, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            raise Busy(f"{what} is in use by {holder(path)}; skipping it here. Wait for that process, or stop "
-                       "it (its run is then closed as KILLED) and rerun.") from None
+            raise busy(path, what) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def busy(path: Path, what: str) -> Busy:
+    """The error for `what`, whose lock at `path` a live process holds: who holds it and what to do."""
+    return Busy(f"{what} is in use by {holder(path)}; skipping it here. Wait for that process, or stop it (its run "
+                "is then closed as KILLED) and rerun.")
 
 
 def holder(path: Path) -> str:
@@ -55,3 +60,18 @@ def holder(path: Path) -> str:
     if not info:
         return "another process"
     return f"process {info.get('pid')} on {info.get('host')} (since {info.get('since')})"
+
+
+def held(path: Path) -> bool:
+    """Whether a live process holds the lock at `path` (probing takes and drops it at once)."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False  # no lock file: nobody ever locked it here
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -394,6 +394,8 @@ class Tracker:
                 raise MtbenchError(f"cannot resume MLflow run {run_id!r}: it was deleted. Restore it "
                                    "(`mlflow runs restore`) or start a fresh run.")
             client.update_run(run_id, status="RUNNING")
+            if TAG_END_REASON in run.data.tags:  # it ran on: why it stopped last time no longer describes it
+                client.delete_tag(run_id, TAG_END_REASON)
             tracker = build(run_id)
             tracker.set_tags(str_tags)
             return tracker

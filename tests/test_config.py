@@ -66,6 +66,18 @@ def test_smoke_swaps_dataset_backbone_steps(write_yaml):
     assert trial.train.steps == 4 and exp.seeds == [5]
 
 
+def test_smoke_comes_first_then_the_users_overrides_and_flags(write_yaml):
+    path = write_yaml("e.yaml", "launcher: {name: slurm, partition: gpu, time_min: 30, workers: 4}\n"
+                      "search: {objective: semseg/mIoU, n_trials: 50, "
+                      "space: {train.optimizer.lr: {type: float, low: 0.001, high: 0.1}}}\n")
+    plain = load_experiment(path, smoke=True)
+    assert plain.launcher.name == "local" and plain.launcher.workers == 1 and plain.search.n_trials == 2
+    exp = load_experiment(path, ["train.steps=7", "search.n_trials=4", "launcher.name=slurm", "launcher.workers=2"],
+                          smoke=True)
+    assert exp.train.steps == 7 and exp.search.n_trials == 4
+    assert (exp.launcher.name, exp.launcher.workers, exp.launcher.partition) == ("slurm", 2, "gpu")
+
+
 @pytest.mark.parametrize(("text", "overrides", "message"), [
     (BASE + "trian: {}\n", [], "unknown key 'trian'. Did you mean 'train'?"),
     (BASE, ["train.setps=3"], "unknown key 'train.setps'. Did you mean 'steps'?"),

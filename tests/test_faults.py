@@ -242,8 +242,13 @@ def test_signal_mid_training_then_rerun_resumes_to_the_same_numbers(tmp_path, ba
     assert not (tmp_path / TRIAL / "result.json").exists()
     [stopped] = runs_of(uri)
     assert stopped.info.status == "KILLED"
-    assert stopped.data.tags[END_REASON] == ("terminated (SIGTERM)" if signum == signal.SIGTERM
-                                             else "interrupted (SIGINT)")
+    if signum == signal.SIGTERM:  # the step it landed in finished and was checkpointed
+        from mtbench.engine.checkpoint import load_checkpoint
+
+        step = load_checkpoint(tmp_path / TRIAL / "last.pt")["step"]
+        assert stopped.data.tags[END_REASON] == f"terminated (SIGTERM) after step {step}, checkpointed"
+    else:
+        assert stopped.data.tags[END_REASON] == "interrupted (SIGINT)"
     assert_nothing_left(tmp_path, children)
 
     rerun_resumes_the_same_run(tmp_path, exp, uri, stopped, baseline)

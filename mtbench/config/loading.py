@@ -118,7 +118,8 @@ def apply_smoke(data: dict[str, Any]) -> dict[str, Any]:
                     if not k.startswith(("model.backbone", "model.pretrained", "dataset.", "train.steps"))}
     if isinstance(data.get("search"), dict):
         data["search"] = {**data["search"], "n_trials": min(2, int(data["search"].get("n_trials", 2)))}
-    data["launcher"] = {"name": "local"}
+    # Here, one process; the file's SLURM settings stay for `--smoke --launcher slurm` (a check of the cluster setup).
+    data["launcher"] = {**(data.get("launcher") or {}), "name": "local", "workers": 1}
     variants = data.get("variants") or []
     for variant in variants.values() if isinstance(variants, dict) else variants:
         overrides = (variant.get("overrides") if "name" in (variant or {}) else variant) or {}
@@ -188,12 +189,12 @@ def load_experiment(path: str | Path, overrides: list[str] | None = None, *, smo
     path = Path(path)
     data = load_raw(path)
     data.setdefault("name", path.stem)
+    if smoke:  # first: the user's -o (and --launcher, --workers) apply on top of the smoke settings
+        data = apply_smoke(data)
     for text in overrides or []:
         key, value = parse_override(text)
         check_override_takes_effect(data, key, where=f"-o {text}")
         set_dotted(data, key, value, where=f"-o {text}")
-    if smoke:
-        data = apply_smoke(data)
     experiment = validate(Experiment, data, str(path))
     for trial in expand_trials(experiment, where=str(path)):
         check_names(trial, where=f"{path}: variant {trial.variant!r}")

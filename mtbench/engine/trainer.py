@@ -7,11 +7,13 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from mtbench.balancing import Balancer
 from mtbench.config.schema import ScheduleConfig, TrainConfig
+from mtbench.engine import stopping
 from mtbench.engine.batching import to_device
 from mtbench.engine.distributed import average_gradients, unwrap
 from mtbench.engine.evaluate import autocast
@@ -156,33 +158,37 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
     rng = torch.get_rng_state()
     batches = iter(loader)
     torch.set_rng_state(rng)
-    for batch in batches:
-        lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps, steps_per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = to_device(batch, device)
-        final, auxiliary = batch_losses(model, task_losses, batch, device=device, amp=amp)
-        scaled = balancer.scale(joined(final, auxiliary))
-        total = torch.stack(list(scaled.values())).sum()
-        optimizer.zero_grad(set_to_none=True)
-        weights = balancer.backward(scaled)
-        check_finite(total, weights, final, balancer, step, lr)
-        average_gradients(balancer)
-        if cfg.grad_clip is not None:  # the network's gradient: a balancer's own parameters are not clipped with it
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-        optimizer.step()
-        balancer.after_step(lambda batch=batch: balancer.scale(joined(*batch_losses(
-            model, task_losses, batch, device=device, amp=amp))))
-        step += 1
-        if step % 10 == 0 or step == cfg.steps:
-            log_fn(step_metrics(total, lr, final, auxiliary, balancer), step)
+    # A stop signal mid-step waits for the step's end and checkpoints it (single-process trials: see stopping).
+    with stopping.training_steps(enabled=not dist.is_initialized()):
+        for batch in batches:
+            lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps, steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = to_device(batch, device)
+            final, auxiliary = batch_losses(model, task_losses, batch, device=device, amp=amp)
+            scaled = balancer.scale(joined(final, auxiliary))
+            total = torch.stack(list(scaled.values())).sum()
+            optimizer.zero_grad(set_to_none=True)
+            weights = balancer.backward(scaled)
+            check_finite(total, weights, final, balancer, step, lr)
+            average_gradients(balancer)
+            if cfg.grad_clip is not None:  # the network's gradient only, not a balancer's own parameters
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            optimizer.step()
+            balancer.after_step(lambda batch=batch: balancer.scale(joined(*batch_losses(
+                model, task_losses, batch, device=device, amp=amp))))
+            step += 1
+            if step % 10 == 0 or step == cfg.steps:
+                log_fn(step_metrics(total, lr, final, auxiliary, balancer), step)
+                if task_id is not None:
+                    progress.update(task_id, description=f"train loss {total.item():.3f}")
+            if step % cfg.eval_every == 0 and step != cfg.steps:
+                evaluate_fn(step)
+            saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            if saved:
+                checkpoint_fn(step)
+            stopping.at_step_end(step, checkpoint_fn, saved=saved)  # SIGTERM, SLURM's USR2: stop here
             if task_id is not None:
-                progress.update(task_id, description=f"train loss {total.item():.3f}")
-        if step % cfg.eval_every == 0 and step != cfg.steps:
-            evaluate_fn(step)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            checkpoint_fn(step)
-        if task_id is not None:
-            progress.update(task_id, completed=step)
+                progress.update(task_id, completed=step)
     if task_id is not None:
         progress.remove_task(task_id)

@@ -41,7 +41,7 @@ from mtbench.engine.checkpoint import (
 from mtbench.engine.evaluate import evaluate
 from mtbench.engine.trainer import build_optimizer, fit
 from mtbench.engine.visualize import prediction_grids
-from mtbench.errors import MtbenchError, Terminated
+from mtbench.errors import MtbenchError, Preempted, Terminated
 from mtbench.losses import build_task_loss
 from mtbench.metrics import build_meter, is_reference, metric_direction
 from mtbench.models import build_model
@@ -128,8 +128,13 @@ def trial_lock(folder: Path, cfg: TrialConfig) -> Iterator[None]:
     except OSError as err:
         raise MtbenchError(f"output_dir: cannot write to {str(folder)!r} ({err.strerror}). "
                            "Choose a writable folder with -o output_dir=PATH.") from None
-    with locks.exclusive(folder / LOCK, wait=False, what=f"trial {cfg.key} (id {cfg.id})"):
+    with locks.exclusive(folder / LOCK, wait=False, what=trial_lock_name(cfg)):
         yield
+
+
+def trial_lock_name(cfg: TrialConfig) -> str:
+    """How lock messages name a trial."""
+    return f"trial {cfg.key} (id {cfg.id})"
 
 
 def prepare_output(folder: Path, *, fresh: bool, cfg: TrialConfig) -> None:
@@ -456,8 +461,12 @@ def closed_on_error(tracker: tracking.Tracker | None) -> Iterator[None]:
 
 def end_reason(err: BaseException) -> str:
     """Why a trial stopped, as the run's `mtbench.end_reason` tag: the signal, or the error and its message."""
+    step = getattr(err, "checkpoint_step", None)
+    at = f" after step {step}, checkpointed" if step is not None else ""
+    if isinstance(err, Preempted):
+        return f"preempted (SLURM USR2){at}; the job requeues"
     if isinstance(err, Terminated):
-        return "terminated (SIGTERM)"
+        return f"terminated (SIGTERM){at}"
     if isinstance(err, KeyboardInterrupt):
         return "interrupted (SIGINT)"
     return f"{type(err).__name__}: {err}"

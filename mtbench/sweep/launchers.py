@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtbench import tracking
+from mtbench import locks, tracking
 from mtbench.config.schema import LauncherConfig, TrialConfig
-from mtbench.engine import TrialResult, run_trial
+from mtbench.engine import TrialResult, run_trial, stopping
 from mtbench.engine.trainer import NonFiniteLossError
-from mtbench.errors import MtbenchError
+from mtbench.engine.trial import LOCK, trial_dir, trial_lock_name
+from mtbench.errors import MtbenchError, Preempted
 from mtbench.locks import Busy
 
 Update = Callable[[TrialConfig, str, str], None]  # (trial, state, detail) -> None, for live displays
@@ -35,6 +36,7 @@ class SweepPlan:
 
     done: list[tuple[TrialConfig, TrialResult]] = field(default_factory=list)
     todo: list[TrialConfig] = field(default_factory=list)
+    busy: list[TrialConfig] = field(default_factory=list)  # another live process holds the trial's lock
     records: dict[str, tracking.TrialRecord] = field(default_factory=dict)
 
 
@@ -52,6 +54,8 @@ def plan_sweep(trials: list[TrialConfig], *, fresh: bool = False) -> SweepPlan:
         if record is not None and record.status == "FINISHED" and not fresh:
             plan.done.append((trial, TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed,
                                                  run_id=record.run_id, status="FINISHED", metrics=record.metrics)))
+        elif locks.held(trial_dir(trial) / LOCK):
+            plan.busy.append(trial)
         else:
             plan.todo.append(trial)
     return plan
@@ -63,11 +67,21 @@ def run_one(trial: TrialConfig, *, fresh: bool, progress: Any = None) -> TrialRe
     try:
         return run_trial(trial, resume=not fresh, progress=progress)
     except Busy as err:  # another coordinator trains it now
-        return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="SKIPPED",
-                           metrics={"error": str(err)})
+        return skipped(trial, err)
     except (NonFiniteLossError, MtbenchError) as err:
         return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="FAILED",
                            metrics={"error": str(err)})
+
+
+def skipped(trial: TrialConfig, busy: Busy) -> TrialResult:
+    """The result of a trial another process trains now (its lock is held): SKIPPED, with who holds it."""
+    return TrialResult(key=trial.key, variant=trial.variant, seed=trial.seed, run_id="", status="SKIPPED",
+                       metrics={"error": str(busy)})
+
+
+def state_of(result: TrialResult) -> str:
+    """A finished trial's state for live displays."""
+    return {"FINISHED": "done", "SKIPPED": "skipped"}.get(result.status, "failed")
 
 
 def launch(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool = False, progress: Any = None,
@@ -79,13 +93,17 @@ def launch(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool =
     for trial, result in plan.done:
         if update is not None:
             update(trial, "done", f"skipped: FINISHED run {result.run_id}")
+    busy = [skipped(t, locks.busy(trial_dir(t) / LOCK, trial_lock_name(t))) for t in plan.busy]
+    for trial in plan.busy:
+        if update is not None:
+            update(trial, "skipped", "trained by another process")
     if launcher.name == "slurm":
         results = launch_slurm(plan.todo, launcher, fresh=fresh, update=update, wait_for_jobs=wait_for_jobs)
     elif launcher.workers > 1 and len(plan.todo) > 1:
         results = launch_workers(plan.todo, launcher.workers, fresh=fresh, update=update)
     else:
         results = launch_local(plan.todo, fresh=fresh, progress=progress, update=update)
-    by_key = {r.key: r for r in [*(r for _, r in plan.done), *results]}
+    by_key = {r.key: r for r in [*(r for _, r in plan.done), *busy, *results]}
     return [by_key[t.key] for t in trials if t.key in by_key]
 
 
@@ -102,7 +120,7 @@ def launch_local(trials: list[TrialConfig], *, fresh: bool = False, progress: An
         result = run_one(cfg, fresh=fresh, progress=progress)
         results.append(result)
         if update is not None:
-            update(cfg, "done" if result.status == "FINISHED" else "failed", result.run_id)
+            update(cfg, state_of(result), result.run_id)
         if task_id is not None:
             progress.advance(task_id)
     return results
@@ -133,7 +151,7 @@ def launch_workers(trials: list[TrialConfig], workers: int, *, fresh: bool = Fal
                 result = future.result()
                 results.append(result)
                 if update is not None:
-                    update(cfg, "done" if result.status == "FINISHED" else "failed", result.run_id)
+                    update(cfg, state_of(result), result.run_id)
     return results
 
 
@@ -150,9 +168,35 @@ class SlurmTrial:
         self.trial_json, self.fresh = trial_json, fresh
 
     def __call__(self) -> TrialResult:
-        # Errors propagate: the job ends FAILED and the sweep reports it with the tail of its SLURM log.
+        """Run the trial. Errors propagate: the job ends FAILED and the sweep reports its SLURM log's tail.
+
+        Preemption and time limits (USR2, which submitit handles by calling `checkpoint` and requeuing) first
+        finish the running step and checkpoint it, then close the run KILLED, then requeue: a requeued trial
+        loses no step. SIGTERM (which SLURM sends before USR2 or SIGKILL, and submitit ignores) checkpoints
+        the running step and trains on.
+        """
+        import signal
+
         trial = TrialConfig.model_validate_json(self.trial_json)
-        return run_trial(trial, resume=not self.fresh)
+        requeue = signal.getsignal(signal.SIGUSR2)
+
+        def preempted(signum: int, frame: Any) -> None:
+            raise Preempted()
+
+        ignore_term = signal.signal(signal.SIGTERM, stopping.deferred(None))
+        signal.signal(signal.SIGUSR2, stopping.deferred(preempted))
+        try:
+            return run_trial(trial, resume=not self.fresh)
+        except Busy as err:  # another coordinator's job or process trains this trial now
+            return skipped(trial, err)
+        except Preempted:
+            if not callable(requeue):  # not in submitit's job environment (a test calling the job in-process)
+                raise
+            requeue(signal.SIGUSR2, None)  # submitit: `checkpoint` below, `scontrol requeue`, exit
+            raise
+        finally:
+            signal.signal(signal.SIGUSR2, requeue)
+            signal.signal(signal.SIGTERM, ignore_term)
 
     def checkpoint(self) -> Any:
         """submitit calls this on SIGUSR2 (preemption, time limit): requeue the same trial, resuming."""
@@ -237,7 +281,7 @@ def follow_jobs(trials: list[TrialConfig], jobs: list[Any], *, update: Update | 
             detail = f"job {job.job_id}"
             if job.done():
                 results[trial.key] = job_result(trial, job)
-                state = "done" if results[trial.key].status == "FINISHED" else "failed"
+                state = state_of(results[trial.key])
                 detail += f", run {results[trial.key].run_id}" if results[trial.key].run_id else ""
             else:
                 state = str(job.state).lower()

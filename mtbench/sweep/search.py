@@ -24,7 +24,7 @@ from typing import Any
 import optuna
 import yaml
 
-from mtbench import tracking
+from mtbench import locks, tracking
 from mtbench.config.loading import set_dotted, validate
 from mtbench.config.schema import Experiment, ParamSpec, Sections, TrialConfig
 from mtbench.errors import MtbenchError
@@ -230,12 +230,17 @@ def worker(exp_json: str, parent_run_id: str, n: int, threads: int) -> None:
                    catch=(NonFiniteLossError,))
 
 
-def fail_stale_trials(study: optuna.Study, storage: Any) -> int:
+def fail_stale_trials(exp: Experiment, study: optuna.Study, storage: Any) -> int:
     """Trials left RUNNING by a killed process will never finish: mark them FAIL so they are replaced.
 
-    (FrozenTrial exposes its storage id only as `_trial_id`; Optuna has no public call for this.)
+    A RUNNING trial whose folder's trial lock a live process holds is training (another `mtbench run` of the
+    same study, or its SLURM job): it is left alone. (FrozenTrial exposes its storage id only as `_trial_id`;
+    Optuna has no public call for this.)
     """
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING]
+    from mtbench.engine.trial import LOCK, trial_dir
+
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.RUNNING
+             and not locks.held(trial_dir(trial_config(exp, {}, t.number)) / LOCK)]
     for t in stale:
         storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)
@@ -269,7 +274,7 @@ def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, repo
             pass
     study = optuna.create_study(study_name=name, storage=storage, direction=direction(exp),
                                 sampler=sampler_for(exp), pruner=pruner_for(exp), load_if_exists=True)
-    stale = fail_stale_trials(study, storage)
+    stale = fail_stale_trials(exp, study, storage)
     done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED_STATES])
     remaining = max(0, exp.search.n_trials - done)
     uri = tracking.resolve_tracking_uri(exp.tracking.uri)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import run_cli
@@ -35,31 +38,58 @@ def test_grid_runs_as_a_job_array_with_every_trial_in_mlflow(tmp_path, slurm_clu
     assert status.returncode == 0 and status.stdout.count("FINISHED") == 4
 
 
-def test_requeued_trial_resumes_from_its_checkpoint_with_the_uninterrupted_result(tmp_path, slurm_cluster):
+def logged_steps(db: Path, key: str) -> list[int]:
+    """Every step at which `key` was logged in the sqlite store `db`, in order (a re-logged step shows twice)."""
+    if not db.exists():
+        return []
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as conn:
+        try:
+            return [r[0] for r in conn.execute("SELECT step FROM metrics WHERE key = ? ORDER BY step", (key,))]
+        except sqlite3.OperationalError:  # the store's tables are still being created
+            return []
+
+
+def test_preempted_trial_checkpoints_its_step_requeues_and_ends_as_if_uninterrupted(tmp_path, slurm_cluster):
+    # No regular checkpoint before the end (checkpoint_every > steps): what the requeued job resumes from is
+    # the checkpoint the preemption wrote at the step it landed in.
     steps = 120
-    straight, requeued = tmp_path / "straight", tmp_path / "requeued"
-    for folder in (straight, requeued):
+    text = BASE.format(name="r", steps=steps, partition=slurm_cluster).replace("checkpoint_every: 2",
+                                                                               "checkpoint_every: 1000")
+    straight, preempted = tmp_path / "straight", tmp_path / "preempted"
+    for folder in (straight, preempted):
         folder.mkdir()
-        (folder / "r.yaml").write_text(BASE.format(name="r", steps=steps, partition=slurm_cluster))
+        (folder / "r.yaml").write_text(text)
     assert run_cli("run", "r.yaml", "--launcher", "local", cwd=straight, timeout=900).returncode == 0
     expected = json.loads(next((straight / "runs").rglob("result.json")).read_text())["metrics"]
 
-    submitted = run_cli("run", "r.yaml", "--no-wait", cwd=requeued)
+    submitted = run_cli("run", "r.yaml", "--no-wait", cwd=preempted)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
-    job_id = next(iter(json.loads((requeued / "runs" / "r" / "slurm" / "jobs.json").read_text()).values()))
-    checkpoint = requeued / "runs" / "r" / "shared_encoder" / "seed0" / "last.pt"
+    job_id = next(iter(json.loads((preempted / "runs" / "r" / "slurm" / "jobs.json").read_text()).values()))
     deadline = time.time() + 300
-    while not checkpoint.exists() and time.time() < deadline:
+    while max(logged_steps(preempted / "mlruns.db", "train/loss_total"), default=0) < 20:
+        assert time.time() < deadline, "the job never logged step 20"
         time.sleep(0.2)
-    assert checkpoint.exists(), "the job never wrote a checkpoint"
-    subprocess.run(["scontrol", "requeue", job_id], check=True, capture_output=True)
-    attached = run_cli("status", "r.yaml", "--wait", cwd=requeued, timeout=900)
+
+    # A second coordinator while the job trains: its job finds the trial's lock held and skips the trial.
+    second = run_cli("run", "r.yaml", cwd=preempted, timeout=600)
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stdout + second.stderr
+    assert "skipped" in second.stderr and "is in use by process" in " ".join(second.stderr.split())
+
+    # Preemption as SLURM signals it (submitit's SlurmJob._interrupt): SIGTERM, then USR2.
+    for sig in ("TERM", "USR2"):
+        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, capture_output=True)
+    attached = run_cli("status", "r.yaml", "--wait", cwd=preempted, timeout=900)
     assert attached.returncode == 0, attached.stdout + attached.stderr
-    got = json.loads((checkpoint.parent / "result.json").read_text())["metrics"]
-    assert got == expected
-    restarts = subprocess.run(["sacct", "-j", job_id, "-D", "-n", "-X", "-o", "State"], capture_output=True,
-                              text=True).stdout.split()
-    assert "REQUEUED" in restarts or len(restarts) > 1
+    trial = preempted / "runs" / "r" / "shared_encoder" / "seed0"
+    assert json.loads((trial / "result.json").read_text())["metrics"] == expected
+    states = subprocess.run(["sacct", "-j", job_id, "-D", "-n", "-X", "-o", "State"], capture_output=True,
+                            text=True).stdout.split()
+    assert "REQUEUED" in states, states
+    # The requeued job went on from the step the preemption checkpointed: no step was trained (and logged) twice.
+    history = logged_steps(preempted / "mlruns.db", "train/loss_total")
+    assert history == list(range(10, steps + 1, 10)), history
+    runs = tracking.load_runs(f"sqlite:///{preempted}/mlruns.db", "r")
+    assert list(runs["status"]) == ["FINISHED"]  # one run, reopened by the requeued job
 
 
 def test_failing_trial_is_reported_with_its_slurm_log_tail(tmp_path, slurm_cluster):

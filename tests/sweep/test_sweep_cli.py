@@ -93,3 +93,30 @@ def test_a_pruned_trial_ends_killed_and_tagged(tmp_path, monkeypatch, write_yaml
     run = tracking._client(uri).get_run(tracking.find_runs(uri, "p", {tracking.TAG_STUDY_TRIAL: "0"})[0])
     assert run.info.status == "KILLED" and run.data.tags[tracking.TAG_PRUNED] == "true"
     assert run.data.tags[tracking.TAG_PARENT] == parent
+
+
+def test_a_running_study_trial_whose_lock_is_held_is_not_marked_stale(tmp_path):
+    """A second `mtbench run` of a study must not fail the trials another live process trains: a RUNNING
+    trial counts as stale only when nobody holds its trial lock."""
+    import optuna
+
+    from mtbench.config.loading import load_experiment
+    from mtbench.engine.trial import LOCK, trial_dir
+    from mtbench.locks import exclusive
+    from mtbench.sweep.search import fail_stale_trials, open_storage, study_name, trial_config
+
+    path = tmp_path / "s.yaml"
+    path.write_text(BASE.format(name="s") + f"output_dir: {tmp_path / 'runs'}\n" + """search:
+  objective: semseg/mIoU
+  n_trials: 2
+  space: {train.optimizer.lr: {type: float, low: 0.001, high: 0.01}}
+""")
+    exp = load_experiment(path)
+    storage = open_storage(exp)
+    study = optuna.create_study(study_name=study_name(exp), storage=storage, direction="maximize")
+    training, dead = study.ask(), study.ask()
+    with exclusive(trial_dir(trial_config(exp, {}, training.number)) / LOCK, wait=False, what="trial"):
+        assert fail_stale_trials(exp, study, storage) == 1
+    states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
+    assert states == {training.number: optuna.trial.TrialState.RUNNING, dead.number: optuna.trial.TrialState.FAIL}
+    assert fail_stale_trials(exp, study, storage) == 1  # its holder is gone now: stale too
