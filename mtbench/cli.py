@@ -50,6 +50,7 @@ def run(
     """Run every trial (variant x grid point x seed, or an Optuna study) of an experiment; each is an MLflow run."""
     from mtbench.config import expand_trials, load_experiment
     from mtbench.config.loading import select_trials
+    from mtbench.sweep.launchers import prepare_experiment
 
     overrides = list(override or [])
     if launcher is not None:
@@ -77,15 +78,17 @@ def run(
                   f"{len({t.seed for t in trials})} seeds) on {exp.launcher.name}"
                   + (f" x {exp.launcher.workers} workers" if exp.launcher.name == "local" and
                      exp.launcher.workers > 1 else ""))
+    prepare_experiment(exp)
     with stops_cleanly():
-        results = launch_with_display(trials, exp.launcher, fresh=not resume, wait=wait)
+        results = launch_with_display(trials, exp.launcher, fresh=not resume, wait=wait,
+                                      parent=f"grid-{exp.name}" if exp.grid else None)
     if not results and not wait:
         console.print(f"Submitted. Follow with `mtbench status {experiment}`.")
         return
     print_results(exp.name, results)
 
 
-def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait: bool) -> list:
+def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait: bool, parent: str | None) -> list:
     """Run the trials: progress bars for one local process, a live table of trial states otherwise."""
     from rich.live import Live
 
@@ -94,7 +97,7 @@ def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait
     if launcher_cfg.name == "local" and launcher_cfg.workers == 1:
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=console, transient=True) as progress:
-            return launch(trials, launcher_cfg, fresh=fresh, progress=progress)
+            return launch(trials, launcher_cfg, fresh=fresh, progress=progress, parent=parent)
     states: dict[str, tuple[str, str]] = {t.key: ("pending", "") for t in trials}
 
     def render() -> Table:
@@ -111,7 +114,7 @@ def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait
             states[trial.key] = (state, detail)
             live.update(render())
 
-        return launch(trials, launcher_cfg, fresh=fresh, update=update, wait_for_jobs=wait)
+        return launch(trials, launcher_cfg, fresh=fresh, update=update, wait_for_jobs=wait, parent=parent)
 
 
 def print_trial_table(trials: list, title: str) -> None:
@@ -224,7 +227,8 @@ def _key_values(items: list[str] | None, option: str) -> dict[str, str]:
 @app.command()
 def report(
     experiment: Annotated[list[str] | None, typer.Option("--experiment", "-e", help="MLflow experiment to report "
-                                                         "(repeatable: several become one table).")] = None,
+                                                         "(repeatable: several become one table). Default: the "
+                                                         "store's only experiment.")] = None,
     reference: Annotated[str | None, typer.Option(help="Δm reference: a variant of the runs, published:<row> (e.g. "
                                                        "published:DeMT/nyud/Swin-T), or none. Default: the "
                                                        "experiment's reference_variant.")] = None,
@@ -372,9 +376,9 @@ def data_check(
 ) -> None:
     """Verify a dataset tree: files of every id, label sizes and values; print variant, counts, fingerprint."""
     from mtbench.data.check import check_tree
+    from mtbench.progress import progress_bars
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
+    with progress_bars(err_console) as bar:
         jobs: dict[str, object] = {}
 
         def progress(split: str, done: int, total: int) -> None:
@@ -402,15 +406,33 @@ def data_check(
 
 @app.command()
 def ui(
+    experiment: Annotated[str | None, typer.Option("--experiment", "-e", help="MLflow experiment to open (default: "
+                                                   "the one with the most recent run).")] = None,
+    study: Annotated[Path | None, typer.Option(help="Experiment YAML with a `search:` section: serve Optuna's "
+                                                    "dashboard on its study instead.")] = None,
+    open_browser: Annotated[bool, typer.Option("--open", help="Open the address in a web browser.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow store (default: $MLFLOW_TRACKING_URI "
                                                           "or sqlite:///mlruns.db).")] = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int | None, typer.Option(help="Port on 127.0.0.1 (default: 5000, the dashboard 8080).")] = None,
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the run store."""
+    """Serve MLflow's UI (or, with --study, Optuna's dashboard) on 127.0.0.1 and print the page to open."""
+    import webbrowser
+
+    def announce(address: str) -> None:
+        console.print(f"Open {address}  (Ctrl-C stops the server)", soft_wrap=True, highlight=False)
+        if open_browser:
+            webbrowser.open(address)
+
+    if study is not None:
+        from mtbench.config import load_experiment
+        from mtbench.sweep.dashboard import serve_dashboard
+
+        raise typer.Exit(serve_dashboard(load_experiment(study), port=port or 8080, ready=announce))
     from mtbench import tracking
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    raise typer.Exit(tracking.launch_ui(uri, host="127.0.0.1", port=port))
+    raise typer.Exit(tracking.launch_ui(uri, host="127.0.0.1", port=port or 5000, experiment=experiment,
+                                        ready=announce))
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

@@ -24,14 +24,13 @@ import logging
 import math
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +62,14 @@ TAG_END_REASON = "mtbench.end_reason"  # why a FAILED or KILLED run stopped: the
 TAG_PARENT = "mlflow.parentRunId"  # MLflow's own tag: nests a study's trials under its parent run
 TAG_STUDY_PARENT = "mtbench.study_parent"  # "true" on a study's parent run
 TAG_REPORT = "mtbench.report"  # "true" on the run that holds a `mtbench report`'s files
+TAG_SWEEP_PARENT = "mtbench.sweep_parent"  # "true" on the run a grid's trials nest under (one per `mtbench run`)
+TAG_NOTE = "mlflow.note.content"  # MLflow's description of a run or an experiment
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"  # MLflow 3: which view the UI opens an experiment in
+TRAINING_KIND = "custom_model_development"  # ... the model-training one (not GenAI's traces)
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # experiment tag of a saved runs-table view, opened by its key
+VIEW_KEY = "mtbench"
+TAG_KIND = "mtbench.kind"  # what a run is: trial, eval, report, study (a study's parent), sweep (a grid's parent)
+TRIALS_ONLY = "tags.`mtbench.kind` = 'trial'"  # MLflow search filter: trial runs only
 TAG_DATASET_VARIANT = "mtbench.dataset_variant"  # archive the data came from: NYUD_MT, NYUDv2, PASCAL_MT, ...
 TAG_PROTOCOL = "mtbench.protocol"  # augmentation/evaluation preset: atrc, mtinet
 TAG_REFERENCE_VARIANT = "mtbench.reference_variant"  # the experiment's Δm reference row (report default)
@@ -399,23 +406,7 @@ class Tracker:
             tracker = build(run_id)
             tracker.set_tags(str_tags)
             return tracker
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            location = _artifact_location(uri, experiment)
-            try:
-                exp_id = client.create_experiment(experiment, artifact_location=location)
-            except MlflowException:
-                # Another worker of the same sweep created it a moment ago.
-                found = client.get_experiment_by_name(experiment)
-                if found is None:
-                    raise
-                exp_id = found.experiment_id
-        elif found.lifecycle_stage != "active":
-            raise MtbenchError(f"MLflow experiment {experiment!r} at {uri!r} is deleted. Restore it "
-                               "(`mlflow experiments restore`) or use another experiment name.")
-        else:
-            exp_id = found.experiment_id
-        run = client.create_run(exp_id, run_name=run_name, tags=str_tags)
+        run = client.create_run(_experiment_id(client, uri, experiment), run_name=run_name, tags=str_tags)
         return build(run.info.run_id)
 
     def log_params(self, flat: Mapping[str, object]) -> None:
@@ -466,6 +457,11 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         with self._answering():
             self._client.log_text(self.run_id, text, artifact_file)
+
+    def log_inputs(self, datasets: Sequence[Any]) -> None:
+        """Record MLflow dataset inputs (`dataset_inputs`) on the run: the runs table's Dataset column."""
+        with self._answering():
+            self._client.log_inputs(self.run_id, datasets=list(datasets))
 
     def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
         """Save `d` as JSON or YAML, chosen by the suffix of `artifact_file`."""
@@ -532,6 +528,14 @@ def list_experiments(uri: str) -> list[str]:
     return sorted(e.name for e in _client(uri).search_experiments())
 
 
+def experiments_with_runs(uri: str) -> list[str]:
+    """The names of the active experiments at `uri` that hold at least one run, sorted."""
+    _require_existing_store(uri)
+    client = _client(uri)
+    return sorted(e.name for e in client.search_experiments()
+                  if client.search_runs([e.experiment_id], max_results=1))
+
+
 def _experiment_ids(client: MlflowClient, uri: str, names: Sequence[str] | None) -> dict[str, str]:
     """Map experiment id -> name for `names` (every active experiment when None); unknown names fail."""
     experiments = {e.experiment_id: e.name for e in client.search_experiments()}
@@ -546,6 +550,88 @@ def _experiment_ids(client: MlflowClient, uri: str, names: Sequence[str] | None)
     return {by_name[n]: n for n in names}
 
 
+def _experiment_id(client: MlflowClient, uri: str, experiment: str) -> str:
+    """The id of active experiment `experiment`, created (as a model-training experiment) if missing."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        try:
+            return client.create_experiment(experiment, artifact_location=_artifact_location(uri, experiment),
+                                            tags={TAG_EXPERIMENT_KIND: TRAINING_KIND})
+        except MlflowException:
+            # Another worker of the same sweep created it a moment ago.
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    if found.lifecycle_stage != "active":
+        raise MtbenchError(f"MLflow experiment {experiment!r} at {uri!r} is deleted. Restore it "
+                           "(`mlflow experiments restore`) or use another experiment name.")
+    return found.experiment_id
+
+
+def prepare_experiment(uri: str, experiment: str, *, description: str, metric_keys: Sequence[str]) -> str:
+    """Create or update `experiment` for browsing; return its id.
+
+    MLflow's UI then opens it in its model-training view (`mlflow.experimentKind`), shows the YAML's
+    `description` (`mlflow.note.content`), and keeps a saved view of the runs table (a shared view state, the
+    one `ui_address` opens) with the Dataset and Description columns and the final `metric_keys`.
+    """
+    ensure_store(uri)
+    client = _client(uri)
+    exp_id = _experiment_id(client, uri, experiment)
+    view = {"selectedColumns": ["attributes.`Dataset`", "attributes.`Description`",
+                                *(f"metrics.`{k}`" for k in metric_keys)],
+            "orderByKey": "attributes.start_time", "orderByAsc": False}
+    tags = {TAG_EXPERIMENT_KIND: TRAINING_KIND, f"{SHARED_VIEW_PREFIX}{VIEW_KEY}": json.dumps(view),
+            **({TAG_NOTE: description.strip()} if description.strip() else {})}
+    with readable_store(uri):
+        for key, value in tags.items():
+            client.set_experiment_tag(exp_id, key, value)
+    return exp_id
+
+
+def ui_address(uri: str, experiment: str | None, base: str) -> str:
+    """The address of an experiment's model-training Runs page under `base` (the UI's root), with mtbench's
+    runs-table view; `experiment` None: the experiment with the most recent run."""
+    client = _client(uri)
+    names = {e.experiment_id: e.name for e in client.search_experiments()}
+    if experiment is None:
+        latest = client.search_runs(list(names), max_results=1, order_by=["attributes.start_time DESC"])
+        if not latest:
+            raise MtbenchError(f"the store {uri!r} holds no run yet. Run an experiment first "
+                               "(`mtbench run experiments/quickstart.yaml --smoke`).")
+        exp_id = latest[0].info.experiment_id
+    else:
+        by_name = {n: i for i, n in names.items()}
+        if experiment not in by_name:
+            raise MtbenchError(f"no MLflow experiment named {experiment!r} at {uri!r}; existing experiments: "
+                               f"{', '.join(sorted(by_name)) or 'none'}.")
+        exp_id = by_name[experiment]
+    shared = f"{SHARED_VIEW_PREFIX}{VIEW_KEY}" in client.get_experiment(exp_id).tags
+    return (f"{base.rstrip('/')}/#/experiments/{exp_id}/runs?workflowType=machine_learning"
+            + (f"&viewStateShareKey={VIEW_KEY}" if shared else ""))
+
+
+def dataset_inputs(name: str, datasets: Mapping[str, Any]) -> list[Any]:
+    """MLflow dataset inputs of a trial's splits {split: TaskDataset}: name = the dataset `name` and its archive
+    variant, digest = a hash of mtbench's fingerprint (itself in the profile), source = the root, context = split."""
+    import hashlib
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = []
+    for split, data in datasets.items():
+        root = getattr(data, "root", None)
+        label = name if data.variant == name else f"{name} ({data.variant})"
+        dataset = Dataset(name=label, digest=hashlib.sha1(data.fingerprint.encode())
+                          .hexdigest()[:16], source_type="local" if root else "code",
+                          source=json.dumps({"uri": str(root) if root else "generated by mtbench.data.synthetic"}),
+                          profile=json.dumps({"fingerprint": data.fingerprint, "samples": len(data)}))
+        inputs.append(DatasetInput(dataset, tags=[InputTag(key="mlflow.data.context", value=split)]))
+    return inputs
+
+
 def _run_kind(tags: Mapping[str, str]) -> str:
     """trial, study (a study's parent run), report or eval (`mtbench eval`)."""
     if tags.get(TAG_EVAL) == "true":
@@ -554,6 +640,8 @@ def _run_kind(tags: Mapping[str, str]) -> str:
         return "report"
     if tags.get(TAG_STUDY_PARENT) == "true":
         return "study"
+    if tags.get(TAG_SWEEP_PARENT) == "true":
+        return "sweep"
     return "trial"
 
 
@@ -638,7 +726,10 @@ def log_report(uri: str, experiment: str, folder: Path, tags: Mapping[str, objec
 
     The run sits beside the runs it summarises, so `mtbench ui` shows the tables and figures with them.
     """
-    tracker = Tracker.start(uri, experiment, "report", {**tags, TAG_REPORT: "true", TAG_EXPERIMENT: experiment})
+    note = (f"`mtbench report` files (tables, figures) of {tags.get('mtbench.report_runs', 'the')} trial runs: not a "
+            f"trial. Show trials only with the filter {TRIALS_ONLY}")
+    tracker = Tracker.start(uri, experiment, "report", {**tags, TAG_REPORT: "true", TAG_KIND: "report",
+                                                        TAG_EXPERIMENT: experiment, TAG_NOTE: note})
     try:
         for path in sorted(folder.iterdir()):
             tracker.log_artifact(path)
@@ -751,19 +842,22 @@ def find_runs(uri: str, experiment: str, tags: Mapping[str, str], *, status: str
     return [r.info.run_id for r in runs]
 
 
-def launch_ui(uri: str, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Serve the MLflow UI for `uri` until interrupted; return the server's exit code."""
+def launch_ui(uri: str, *, host: str = "127.0.0.1", port: int = 5000, experiment: str | None = None,
+              ready: Callable[[str], None] | None = None) -> int:
+    """Serve MLflow's UI for `uri` until Ctrl-C or SIGTERM; return the server's exit code.
+
+    `ready(address)` gets the model-training Runs page of `experiment` (default: the most recent) once the
+    server answers. A server store is already browsable: `ready` gets its page and nothing is started.
+    """
+    from mtbench import serving
+
     if uri.startswith(("http:", "https:")):
-        raise MtbenchError(f"{uri!r} is already an MLflow server; open it in a browser instead.")
+        if ready is not None:
+            ready(ui_address(uri, experiment, uri))
+        return 0
     _require_existing_store(uri)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host,
-           "--port", str(port)]
-    proc = subprocess.Popen(cmd)
-    try:
-        return proc.wait()
-    except KeyboardInterrupt:  # Ctrl-C reached the server too (same process group): let it shut down
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.terminate()
-            return proc.wait()
+    base = serving.base_url(host, port)
+    address = ui_address(uri, experiment, base)  # an unknown experiment fails before anything starts
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    return serving.serve(cmd, name="mlflow server", host=host, port=port, probe=f"{base}/health",
+                         ready=None if ready is None else lambda: ready(address))

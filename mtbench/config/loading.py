@@ -305,7 +305,7 @@ def expand_trials(experiment: Experiment, where: str = "experiment") -> list[Tri
             name = f"{variant.name}@{grid_label(point)}" if point else variant.name
             for seed in experiment.seeds:
                 trial = dict(data, experiment=experiment.name, variant=name, seed=seed,
-                             reference_variant=experiment.reference_variant)
+                             reference_variant=experiment.reference_variant, changes={**variant.overrides, **point})
                 trials.append(validate(TrialConfig, trial, f"{where}: variant {name!r}"))
     return trials
 

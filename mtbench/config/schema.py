@@ -243,7 +243,7 @@ class Experiment(Sections):
 
 
 # Config keys that do not decide a trial's numbers: where results go and how they are read.
-NOT_IDENTITY = ("output_dir", "tracking", "reference_variant")
+NOT_IDENTITY = ("output_dir", "tracking", "reference_variant", "changes")
 # Options added after trial ids were first published, each with the value that reproduces the behaviour from
 # before it existed: at that value the key is left out of a trial's identity, so existing trials keep their
 # ids (the tracking store and resume find them by id). A new option is added here with its neutral value.
@@ -276,6 +276,9 @@ class TrialConfig(Sections):
     seed: int
     # The experiment's Δm reference row, recorded on the run for `mtbench report`; changes no result.
     reference_variant: str = "single_task"
+    # What this trial sets over the experiment's base config (its variant's overrides and grid point, a study
+    # trial's parameters), for the run's description; changes no result.
+    changes: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def key(self) -> str:

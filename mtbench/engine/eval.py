@@ -103,7 +103,7 @@ def evaluate_weights(cfg: TrialConfig, weights: str | Path, *, split: str = "tes
 
 def eval_tags(trial: BuiltTrial, report: WeightsReport, split: str) -> dict[str, str]:
     """A trial run's tags (experiment, variant, seed, metric variants, ...) plus what marks and traces an eval."""
-    return {**run_tags(trial), tracking.TAG_CHECKPOINT: "weights", tracking.TAG_EVAL: "true",
+    return {**run_tags(trial), tracking.TAG_CHECKPOINT: "weights", tracking.TAG_EVAL: "true", tracking.TAG_KIND: "eval",
             tracking.TAG_EVAL_WEIGHTS: str(Path(report.path).resolve()), tracking.TAG_EVAL_SHA256: report.sha256,
             tracking.TAG_EVAL_FORMAT: report.converter or report.source, tracking.TAG_EVAL_SPLIT: split,
             "mtbench.eval.trained_as": json.dumps(report.trained_as) if report.trained_as else "unknown"}

@@ -50,6 +50,8 @@ def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], meters: dict[st
                         meter.update(pred, target)
             if task_id is not None:
                 progress.advance(task_id)
+        if task_id is not None:
+            finish_pending(meters, progress, task_id, description)
         metrics: dict[str, float] = {}
         for meter in meters.values():
             metrics.update(meter.compute())
@@ -62,6 +64,17 @@ def evaluate(model: nn.Module, loader: Iterable[dict[str, Any]], meters: dict[st
         if task_id is not None:
             progress.remove_task(task_id)
     return metrics
+
+
+def finish_pending(meters: dict[str, Any], progress: Any, task_id: Any, description: str) -> None:
+    """Wait for the work meters still run beside the forward passes (edge odsF's image matching in worker
+    processes), advancing the bar `task_id` per item, so that the end of an evaluation does not look stuck."""
+    for meter in meters.values():
+        pending = meter.pending()
+        if pending:
+            progress.update(task_id, description=f"{description}: scoring {meter.task}", total=pending, completed=0,
+                            refresh=True)
+            meter.wait(on_done=lambda: progress.advance(task_id))
 
 
 def label_sized(task: str, pred: Tensor, target: Tensor | list[Tensor], *,

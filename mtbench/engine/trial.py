@@ -314,6 +314,7 @@ def start_run(trial: BuiltTrial, uri: str, extra_tags: dict[str, str] | None) ->
     tracker = tracking.Tracker.start(uri, cfg.experiment, f"{cfg.variant}-seed{cfg.seed}", tags, run_id=trial.run_id,
                                      outage_s=cfg.tracking.outage_s)
     trial.run_id = tracker.run_id
+    tracker.log_inputs(tracking.dataset_inputs(cfg.dataset.name, trial.datasets))
     # This process holds the trial's lock: any other RUNNING run of it lost its trainer (kill -9, --fresh).
     tracking.close_stale_runs(uri, cfg.experiment, cfg.id, keep=tracker.run_id)
     resolved = cfg.model_dump()
@@ -325,14 +326,21 @@ def start_run(trial: BuiltTrial, uri: str, extra_tags: dict[str, str] | None) ->
 
 def run_params(trial: BuiltTrial, cost: ModelCost) -> dict[str, object]:
     """The params of a trial's run (and of an eval run): flattened config, cost, tasks, selection metric."""
-    return {**tracking.flatten_config(trial.cfg.model_dump()), **cost.as_params(), "tasks": ",".join(trial.tasks),
-            "select_metric": trial.selection.metric}
+    return {**tracking.flatten_config(trial.cfg.model_dump(exclude={"changes"})), **cost.as_params(),
+            "tasks": ",".join(trial.tasks), "select_metric": trial.selection.metric}
+
+
+def run_description(cfg: TrialConfig) -> str:
+    """The run's description in MLflow's UI: variant, seed, model, backbone, and what differs from the base."""
+    differs = ", ".join(f"{k}={v}" for k, v in cfg.changes.items()) or "nothing (the base config)"
+    return (f"{cfg.variant}, seed {cfg.seed}: {cfg.model.name} on {cfg.model.backbone}, {cfg.dataset.name}, "
+            f"{cfg.train.steps} steps. Differs from the base config: {differs}.")
 
 
 def run_tags(trial: BuiltTrial) -> dict[str, str]:
     """What every trial run records about where its numbers come from (DESIGN.md conventions)."""
     cfg, datasets = trial.cfg, trial.datasets
-    return {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_VARIANT: cfg.variant,
+    return {tracking.TAG_EXPERIMENT: cfg.experiment, tracking.TAG_KIND: "trial", tracking.TAG_VARIANT: cfg.variant,
             tracking.TAG_SEED: str(cfg.seed), tracking.TAG_MODEL: cfg.model.name,
             tracking.TAG_DATASET: cfg.dataset.name, tracking.TAG_CHECKPOINT: cfg.train.select,
             tracking.TAG_METRIC_VARIANTS: json.dumps({k: m.variant for k, m in trial.test_meters.items()}),
@@ -340,7 +348,7 @@ def run_tags(trial: BuiltTrial) -> dict[str, str]:
             tracking.TAG_TRIAL_ID: cfg.id, tracking.TAG_REFERENCE_VARIANT: cfg.reference_variant,
             "mtbench.dataset_fingerprint": ";".join(d.fingerprint for d in datasets.values()),
             tracking.TAG_DATASET_VARIANT: datasets["test"].variant, tracking.TAG_PROTOCOL: str(trial.protocol),
-            **skipped_tags(datasets), "mtbench.version": mtbench.__version__}
+            **skipped_tags(datasets), "mtbench.version": mtbench.__version__, tracking.TAG_NOTE: run_description(cfg)}
 
 
 def fit_trial(trial: BuiltTrial, tracker: tracking.Tracker | None, *,

@@ -67,7 +67,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -435,7 +435,8 @@ def _pairs(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
 def evaluate_boundaries(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], *, max_dist: float,
                         thresholds: Sequence[float] = RAW_THRESHOLDS, nms: bool = False, num_workers: int = 0,
                         quantize: bool = False, thin_gt: bool = True,
-                        gt_as_segmentation: bool = False) -> dict[str, float]:
+                        gt_as_segmentation: bool = False,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Score boundary maps with the SEISM protocol; return odsF, oisF, AP (percent) and the ODS point.
 
     `preds`: (H, W) float probability maps in [0, 1] (sigmoid of the logits). `gts`: (H, W) boundary maps in
@@ -443,7 +444,8 @@ def evaluate_boundaries(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], 
     diagonal (`MAX_DIST[family]`). Raw convention: `thresholds=RAW_THRESHOLDS, nms=False`; published SEISM
     convention: `thresholds=NMS_THRESHOLDS, nms=True, quantize=True`. `num_workers` > 0 matches images in
     that many processes; 0 runs here. To score a subset (PASCAL-Context `test_new`), pass only its images,
-    e.g. those whose id is in `mtbench.data.edge_sets.edge_eval_ids("pascal_context")`.
+    e.g. those whose id is in `mtbench.data.edge_sets.edge_eval_ids("pascal_context")`. `progress(done, total)`
+    is called after each image is matched, in order (e.g. to advance a bar of `mtbench.progress`).
 
     The result also holds `num_images` (images with at least one non-ignored pixel).
     """
@@ -454,12 +456,19 @@ def evaluate_boundaries(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], 
     protocol = BoundaryProtocol(max_dist=max_dist, thresholds=tuple(float(t) for t in thresholds), nms=nms,
                                 quantize=quantize, thin_gt=thin_gt, gt_as_segmentation=gt_as_segmentation)
     jobs = _pairs(preds, gts, protocol)
+    results: list[np.ndarray | None] = []
     if num_workers == 0:
-        results = [image_counts(*job) for job in jobs]
+        for job in jobs:
+            results.append(image_counts(*job))
+            if progress is not None:
+                progress(len(results), len(preds))
     else:
         pool: Executor
         with worker_pool(num_workers) as pool:
-            results = list(pool.map(_image_counts_job, jobs, chunksize=1))
+            for counts in pool.map(_image_counts_job, jobs, chunksize=1):  # in order, as each image is done
+                results.append(counts)
+                if progress is not None:
+                    progress(len(results), len(preds))
     per_image = [c for c in results if c is not None]
     if not per_image:
         raise MtbenchError("edge odsF: every pixel of every image is ignored; nothing to score.")

@@ -3,7 +3,7 @@ F-measures odsF / oisF / AP of the SEISM protocol (`mtbench.metrics.boundary`), 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
@@ -136,12 +136,22 @@ class BoundaryMeter(Meter):
     def _count(self, state: dict[str, Tensor]) -> int:
         return int(state["counts"].shape[0])
 
-    def _collect(self, block: bool) -> None:
+    def _collect(self, block: bool, on_done: Callable[[], None] | None = None) -> None:
         """Move finished jobs (all of them when `block`) into the rows, keeping update order."""
         while self._pending and (block or self._pending[0].done()):
             counts = self._pending.pop(0).result()
             if counts is not None:
                 self._rows.append(counts)
+            if on_done is not None:
+                on_done()
+
+    def pending(self) -> int:
+        """Return how many images the worker processes have yet to match."""
+        return len(self._pending)
+
+    def wait(self, on_done: Callable[[], None] | None = None) -> None:
+        """Collect every image the workers match, in update order, calling `on_done` after each."""
+        self._collect(block=True, on_done=on_done)
 
     def state_tensors(self) -> dict[str, Tensor]:
         state = super().state_tensors()

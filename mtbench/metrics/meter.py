@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar
 
 import torch
@@ -118,6 +118,14 @@ class Meter(ABC):
         """Stop at once whatever the meter runs beside the caller (worker processes); an evaluation that is
         interrupted calls it, so no process outlives the trial. Meters that run nothing only reset."""
         self.reset()
+
+    def pending(self) -> int:
+        """Return how many updates still run beside the caller (worker processes); 0 for meters that run none."""
+        return 0
+
+    def wait(self, on_done: Callable[[], None] | None = None) -> None:
+        """Block until the pending updates are done, calling `on_done` after each (a progress bar's advance)."""
+        return  # a meter that runs nothing beside the caller has nothing to wait for
 
     @abstractmethod
     def update(self, pred: Tensor, target: Tensor) -> None:

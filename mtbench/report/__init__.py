@@ -172,9 +172,12 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
     written unless everything succeeds: files are built in a staging folder that replaces the old
     report at the end.
     """
-    if not experiments:
-        raise MtbenchError(f"name the experiment(s) to report with --experiment; experiments at {uri!r}: "
-                           f"{', '.join(tracking.list_experiments(uri)) or 'none'}.")
+    if not experiments:  # the store's only experiment with runs, or the choices
+        with_runs = tracking.experiments_with_runs(uri)
+        if len(with_runs) != 1:
+            raise MtbenchError(f"the store {uri!r} holds {len(with_runs)} experiments with runs: name the one(s) to "
+                               f"report with --experiment: {', '.join(with_runs) or 'none (run one first)'}.")
+        experiments = with_runs
     name = name or "+".join(experiments)
     runs = collect_runs(uri, experiments, tags=tags, query=query)
     trials = finished_trials(runs)

@@ -13,14 +13,15 @@ import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mtbench import locks, tracking
-from mtbench.config.schema import LauncherConfig, TrialConfig
+from mtbench.config.schema import Experiment, LauncherConfig, TrialConfig
 from mtbench.engine import TrialResult, run_trial, stopping
 from mtbench.engine.trainer import NonFiniteLossError
 from mtbench.engine.trial import LOCK, trial_dir, trial_lock_name
@@ -28,6 +29,7 @@ from mtbench.errors import MtbenchError, Preempted
 from mtbench.locks import Busy
 
 Update = Callable[[TrialConfig, str, str], None]  # (trial, state, detail) -> None, for live displays
+Tags = dict[str, str]  # extra tags for every trial run of one launch (the parent run a grid nests under)
 
 
 @dataclass
@@ -61,11 +63,21 @@ def plan_sweep(trials: list[TrialConfig], *, fresh: bool = False) -> SweepPlan:
     return plan
 
 
-def run_one(trial: TrialConfig, *, fresh: bool, progress: Any = None) -> TrialResult:
+def prepare_experiment(exp: Experiment) -> None:
+    """Set the experiment up in the tracking store for browsing (tracking.prepare_experiment): model-training
+    view, the YAML's description, a runs-table view with the test split's primary metrics of its tasks."""
+    from mtbench.tasks import TASKS, resolve_tasks
+
+    tasks = resolve_tasks(exp.dataset.name, exp.dataset.tasks)
+    tracking.prepare_experiment(tracking.resolve_tracking_uri(exp.tracking.uri), exp.name, description=exp.description,
+                                metric_keys=[f"{tracking.TEST_PREFIX}{TASKS[t].primary_metric}" for t in tasks])
+
+
+def run_one(trial: TrialConfig, *, fresh: bool, progress: Any = None, tags: Tags | None = None) -> TrialResult:
     """Run one trial; a diverged or misconfigured trial becomes a FAILED result, one another process is
     training a SKIPPED one, not an exception."""
     try:
-        return run_trial(trial, resume=not fresh, progress=progress)
+        return run_trial(trial, resume=not fresh, progress=progress, extra_tags=tags)
     except Busy as err:  # another coordinator trains it now
         return skipped(trial, err)
     except (NonFiniteLossError, MtbenchError) as err:
@@ -85,8 +97,11 @@ def state_of(result: TrialResult) -> str:
 
 
 def launch(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool = False, progress: Any = None,
-           update: Update | None = None, wait_for_jobs: bool = True) -> list[TrialResult]:
-    """Run the trials that are not FINISHED yet where `launcher` says; return every trial's result."""
+           update: Update | None = None, wait_for_jobs: bool = True, parent: str | None = None) -> list[TrialResult]:
+    """Run the trials that are not FINISHED yet where `launcher` says; return every trial's result.
+
+    With `parent` (a grid), the trials this call runs nest under one new parent run of that name.
+    """
     for uri in {tracking.resolve_tracking_uri(t.tracking.uri) for t in trials}:
         tracking.ensure_store(uri)
     plan = plan_sweep(trials, fresh=fresh)
@@ -97,18 +112,44 @@ def launch(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool =
     for trial in plan.busy:
         if update is not None:
             update(trial, "skipped", "trained by another process")
-    if launcher.name == "slurm":
-        results = launch_slurm(plan.todo, launcher, fresh=fresh, update=update, wait_for_jobs=wait_for_jobs)
-    elif launcher.workers > 1 and len(plan.todo) > 1:
-        results = launch_workers(plan.todo, launcher.workers, fresh=fresh, update=update)
-    else:
-        results = launch_local(plan.todo, fresh=fresh, progress=progress, update=update)
+    with parent_run(plan.todo, parent) as tags:
+        if launcher.name == "slurm":
+            results = launch_slurm(plan.todo, launcher, fresh=fresh, update=update, wait_for_jobs=wait_for_jobs,
+                                   tags=tags)
+        elif launcher.workers > 1 and len(plan.todo) > 1:
+            results = launch_workers(plan.todo, launcher.workers, fresh=fresh, update=update, tags=tags)
+        else:
+            results = launch_local(plan.todo, fresh=fresh, progress=progress, update=update, tags=tags)
     by_key = {r.key: r for r in [*(r for _, r in plan.done), *busy, *results]}
     return [by_key[t.key] for t in trials if t.key in by_key]
 
 
+@contextmanager
+def parent_run(trials: list[TrialConfig], name: str | None) -> Iterator[Tags]:
+    """A parent run for `trials` (none without a `name` or trials): yields the tags that nest a run under it,
+    and ends it FINISHED, or KILLED/FAILED with the launch."""
+    if name is None or not trials:
+        yield {}
+        return
+    first = trials[0]
+    tracker = tracking.Tracker.start(
+        tracking.resolve_tracking_uri(first.tracking.uri), first.experiment, name,
+        {tracking.TAG_SWEEP_PARENT: "true", tracking.TAG_KIND: "sweep", tracking.TAG_EXPERIMENT: first.experiment,
+         tracking.TAG_NOTE: f"{len(trials)} trials of {first.experiment} run by one `mtbench run` (expand to see "
+                            f"them): {', '.join(sorted({t.variant for t in trials}))}."})
+    status = "FAILED"
+    try:
+        yield {tracking.TAG_PARENT: tracker.run_id}
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(status)
+
+
 def launch_local(trials: list[TrialConfig], *, fresh: bool = False, progress: Any = None,
-                 update: Update | None = None) -> list[TrialResult]:
+                 update: Update | None = None, tags: Tags | None = None) -> list[TrialResult]:
     """Run `trials` in order in this process."""
     results = []
     task_id = progress.add_task("trials", total=len(trials)) if progress is not None else None
@@ -117,7 +158,7 @@ def launch_local(trials: list[TrialConfig], *, fresh: bool = False, progress: An
             progress.update(task_id, description=f"trial {cfg.key}")
         if update is not None:
             update(cfg, "running", "")
-        result = run_one(cfg, fresh=fresh, progress=progress)
+        result = run_one(cfg, fresh=fresh, progress=progress, tags=tags)
         results.append(result)
         if update is not None:
             update(cfg, state_of(result), result.run_id)
@@ -133,14 +174,14 @@ def _worker_init(threads: int) -> None:
 
 
 def launch_workers(trials: list[TrialConfig], workers: int, *, fresh: bool = False,
-                   update: Update | None = None) -> list[TrialResult]:
+                   update: Update | None = None, tags: Tags | None = None) -> list[TrialResult]:
     """Run `trials` in `workers` parallel processes (spawned; CPU threads split between them)."""
     threads = max(1, (os.cpu_count() or 1) // workers)
     context = multiprocessing.get_context("spawn")
     results: list[TrialResult] = []
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init,
                              initargs=(threads,)) as pool:
-        pending = {pool.submit(run_one, cfg, fresh=fresh): cfg for cfg in trials}
+        pending = {pool.submit(run_one, cfg, fresh=fresh, tags=tags): cfg for cfg in trials}
         for cfg in list(pending.values())[:workers]:
             if update is not None:
                 update(cfg, "running", "")
@@ -164,8 +205,8 @@ def slurm_folder(trial: TrialConfig) -> Path:
 class SlurmTrial:
     """A trial as a submitit job: on preemption or time limit it requeues and resumes from its checkpoint."""
 
-    def __init__(self, trial_json: str, fresh: bool) -> None:
-        self.trial_json, self.fresh = trial_json, fresh
+    def __init__(self, trial_json: str, fresh: bool, tags: Tags | None = None) -> None:
+        self.trial_json, self.fresh, self.tags = trial_json, fresh, tags
 
     def __call__(self) -> TrialResult:
         """Run the trial. Errors propagate: the job ends FAILED and the sweep reports its SLURM log's tail.
@@ -186,7 +227,7 @@ class SlurmTrial:
         ignore_term = signal.signal(signal.SIGTERM, stopping.deferred(None))
         signal.signal(signal.SIGUSR2, stopping.deferred(preempted))
         try:
-            return run_trial(trial, resume=not self.fresh)
+            return run_trial(trial, resume=not self.fresh, extra_tags=self.tags)
         except Busy as err:  # another coordinator's job or process trains this trial now
             return skipped(trial, err)
         except Preempted:
@@ -202,7 +243,7 @@ class SlurmTrial:
         """submitit calls this on SIGUSR2 (preemption, time limit): requeue the same trial, resuming."""
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmTrial(self.trial_json, fresh=False))
+        return submitit.helpers.DelayedSubmission(SlurmTrial(self.trial_json, fresh=False, tags=self.tags))
 
 
 def slurm_executor(folder: Path, launcher: LauncherConfig) -> Any:
@@ -236,7 +277,8 @@ def slurm_executor(folder: Path, launcher: LauncherConfig) -> Any:
 
 
 def launch_slurm(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: bool = False,
-                 update: Update | None = None, wait_for_jobs: bool = True, poll_s: float = 2.0) -> list[TrialResult]:
+                 update: Update | None = None, wait_for_jobs: bool = True, poll_s: float = 2.0,
+                 tags: Tags | None = None) -> list[TrialResult]:
     """Submit the trials as one job array; with `wait_for_jobs`, follow them to the end."""
     if not trials:
         return []
@@ -245,7 +287,7 @@ def launch_slurm(trials: list[TrialConfig], launcher: LauncherConfig, *, fresh: 
     executor = slurm_executor(folder, launcher)
     try:
         with executor.batch():
-            jobs = [executor.submit(SlurmTrial(t.model_dump_json(), fresh)) for t in trials]
+            jobs = [executor.submit(SlurmTrial(t.model_dump_json(), fresh, tags)) for t in trials]
     except Exception as err:  # noqa: BLE001 - sbatch's refusal reaches us as several exception types
         raise MtbenchError(f"launcher: sbatch refused the job array ({type(err).__name__}: "
                            f"{' '.join(str(err).split())[:600]}). Check launcher.partition/account/qos and the "

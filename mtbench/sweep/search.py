@@ -74,6 +74,25 @@ def open_storage(exp: Experiment | str) -> Any:
                            "writable sqlite:///path, journal:/shared/path.log, or a reachable database URL.") from None
 
 
+def study_id(exp: Experiment) -> int:
+    """The storage's id of the experiment's study (optuna-dashboard's URLs name studies by it).
+
+    A study not run yet is a user error, and its storage is not created here (an sqlite or journal file that
+    does not exist is reported, not made empty).
+    """
+    spec, name = storage_spec(exp), study_name(exp)
+    not_yet = (f"no Optuna study {name!r} in {spec!r} yet: run the study first (`mtbench run EXP.yaml` with "
+               f"experiment {exp.name!r}), or check search.storage and search.study_name.")
+    path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else (
+        spec[len("journal:"):] if spec.startswith("journal:") else None)
+    if path is not None and not Path(path).is_file():
+        raise MtbenchError(not_yet)
+    try:
+        return open_storage(spec).get_study_id_from_name(name)
+    except KeyError:
+        raise MtbenchError(not_yet) from None
+
+
 def study_trials(spec: str, name: str) -> tuple[Any, dict[str, float]]:
     """Trials of study `name` in storage `spec` (DataFrame: number, value, state) and the parameter
     importances (fANOVA, seed 0; empty when fewer than two trials completed or nothing varied)."""
@@ -179,7 +198,7 @@ def trial_config(exp: Experiment, params: dict[str, Any], number: int) -> TrialC
     for key, value in params.items():
         set_dotted(data, key, value, where=f"search.space {key!r}")
     trial = dict(data, experiment=exp.name, variant=f"trial{number:04d}", seed=exp.seeds[0],
-                 reference_variant=exp.reference_variant)
+                 reference_variant=exp.reference_variant, changes=params)
     return validate(TrialConfig, trial, f"search trial {number}")
 
 
@@ -246,6 +265,12 @@ def fail_stale_trials(exp: Experiment, study: optuna.Study, storage: Any) -> int
     return len(stale)
 
 
+def study_description(exp: Experiment) -> str:
+    """The study parent run's description: what it tunes, towards what (expand it to see its trials)."""
+    return (f"Optuna study {study_name(exp)!r}: {exp.search.n_trials} trials tuning "
+            f"{', '.join(exp.search.space)} for {exp.search.objective} ({direction(exp)}). Expand to see the trials.")
+
+
 def parent_run(exp: Experiment, uri: str) -> str:
     """The study's parent MLflow run: reused when the study continues, else created."""
     name = study_name(exp)
@@ -254,8 +279,9 @@ def parent_run(exp: Experiment, uri: str) -> str:
         return existing[0]
     tracker = tracking.Tracker.start(uri, exp.name, f"study-{name}",
                                      {tracking.TAG_STUDY: name, tracking.TAG_STUDY_PARENT: "true",
-                                      tracking.TAG_EXPERIMENT: exp.name, TAG_STORAGE: storage_spec(exp),
-                                      TAG_OBJECTIVE: exp.search.objective, TAG_DIRECTION: direction(exp)})
+                                      tracking.TAG_KIND: "study", tracking.TAG_EXPERIMENT: exp.name,
+                                      TAG_STORAGE: storage_spec(exp), TAG_OBJECTIVE: exp.search.objective,
+                                      TAG_DIRECTION: direction(exp), tracking.TAG_NOTE: study_description(exp)})
     return tracker.run_id
 
 
@@ -277,8 +303,11 @@ def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, repo
     stale = fail_stale_trials(exp, study, storage)
     done = len([t for t in study.get_trials(deepcopy=False) if t.state in FINISHED_STATES])
     remaining = max(0, exp.search.n_trials - done)
+    from mtbench.sweep.launchers import prepare_experiment, run_calls_on_slurm  # the report needs no engine
+
     uri = tracking.resolve_tracking_uri(exp.tracking.uri)
     tracking.check_tracking_uri(uri)
+    prepare_experiment(exp)
     parent = parent_run(exp, uri)
     if console is not None:
         console.print(f"[bold]{exp.name}[/]: study {name!r}, {done} of {exp.search.n_trials} trials finished"
@@ -287,7 +316,6 @@ def run_study(exp: Experiment, *, fresh: bool = False, console: Any = None, repo
     workers = min(exp.launcher.workers, remaining)
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)] if workers else []
     if exp.launcher.name == "slurm" and workers:
-        from mtbench.sweep.launchers import run_calls_on_slurm
 
         tracking.ensure_store(uri)
         run_calls_on_slurm(worker, [(exp.model_dump_json(), parent, n, exp.launcher.cpus_per_task) for n in shares],
