@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mtbench.errors import MtbenchError, Terminated
+from mtbench.progress import progress_bars
 
 if TYPE_CHECKING:
     from mtbench.report import Report
@@ -95,8 +95,7 @@ def launch_with_display(trials: list, launcher_cfg: object, *, fresh: bool, wait
     from mtbench.sweep.launchers import launch
 
     if launcher_cfg.name == "local" and launcher_cfg.workers == 1:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console, transient=True) as progress:
+        with progress_bars(console) as progress:
             return launch(trials, launcher_cfg, fresh=fresh, progress=progress, parent=parent)
     states: dict[str, tuple[str, str]] = {t.key: ("pending", "") for t in trials}
 
@@ -204,8 +203,7 @@ def eval_weights(
     check_split(split)
     exp = load_experiment(experiment, list(override or []), smoke=smoke)
     cfg = pick_trial(expand_trials(exp, where=str(experiment)), variant=variant, seed=seed)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with stops_cleanly(), Progress(*columns, console=console, transient=True) as progress:
+    with stops_cleanly(), progress_bars(console) as progress:
         result = evaluate_weights(cfg, weights, split=split, progress=progress)
     console.print(result.weights.summary(), highlight=False)
     console.print(f"[bold]{exp.name}[/]: eval of the weights on the {split} split ({result.wall_time_s:.1f} s)")
@@ -256,9 +254,11 @@ def report(
 
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_tracking_uri(uri)
-    result = build_report(uri, list(experiment or []), out_dir=out, name=name, reference=reference,
-                          tags=_key_values(tag, "--tag"), query=query, with_published=with_published, show_std=std,
-                          variants=_key_values(metric_variant, "--metric-variant"))
+    with progress_bars(err_console) as progress:
+        result = build_report(uri, list(experiment or []), out_dir=out, name=name, reference=reference,
+                              tags=_key_values(tag, "--tag"), query=query, with_published=with_published,
+                              show_std=std, variants=_key_values(metric_variant, "--metric-variant"),
+                              progress=progress)
     table = result.table
     console.print(f"[bold]{table.name}[/]: {int(table.summary['n_seeds'].sum(skipna=True))} seed runs in "
                   f"{int((table.summary['kind'] == 'run').sum())} rows on {table.dataset_variant}; "
@@ -376,8 +376,6 @@ def data_check(
 ) -> None:
     """Verify a dataset tree: files of every id, label sizes and values; print variant, counts, fingerprint."""
     from mtbench.data.check import check_tree
-    from mtbench.progress import progress_bars
-
     with progress_bars(err_console) as bar:
         jobs: dict[str, object] = {}
 

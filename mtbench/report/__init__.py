@@ -13,12 +13,13 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from mtbench import tracking
 from mtbench.errors import MtbenchError
+from mtbench.progress import NoProgress
 from mtbench.report import tables
 from mtbench.report.aggregate import ResultTable, summarize
 from mtbench.report.collect import collect_runs, finished_trials, omitted_runs, runs_file, seed_results
@@ -164,7 +165,7 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
                  name: str | None = None,
                  reference: str | None = None, tags: Mapping[str, str] | None = None, query: str | None = None,
                  with_published: str | None = None, show_std: bool = True,
-                 variants: Mapping[str, str] | None = None) -> Report:
+                 variants: Mapping[str, str] | None = None, progress: Any = None) -> Report:
     """Collect the runs of `experiments`, write tables (and figures) under `out_dir/<name>/`, log them to MLflow.
 
     `reference` is the Δm reference: a row (variant) label, `published:<row>` or `none`; None takes the
@@ -179,7 +180,10 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
                                f"report with --experiment: {', '.join(with_runs) or 'none (run one first)'}.")
         experiments = with_runs
     name = name or "+".join(experiments)
+    progress = progress if progress is not None else NoProgress()
+    stage = progress.add_task("report: reading runs", total=4)
     runs = collect_runs(uri, experiments, tags=tags, query=query)
+    progress.update(stage, advance=1, description="report: tables")
     trials = finished_trials(runs)
     omitted = omitted_runs(runs)
     reference = reference or default_reference(trials)
@@ -194,7 +198,9 @@ def build_report(uri: str, experiments: Sequence[str], *, out_dir: Path = Path("
     try:
         for file_name, text in _texts(table, runs, omitted, show_std).items():
             (staging / file_name).write_text(text, encoding="utf-8")
+        progress.update(stage, advance=1, description="report: figures")
         _, skipped = _figures(uri, table, trials, runs, staging)
+        progress.update(stage, advance=1, description="report: logging the report run")
         run_id = tracking.log_report(uri, experiments[0], staging, {
             "mtbench.report_name": name, "mtbench.report_experiments": ",".join(experiments),
             "mtbench.report_reference": reference, "mtbench.report_runs": str(len(trials))})

@@ -123,3 +123,17 @@ def test_study_workers_run_as_slurm_jobs_and_finish_exactly_n_trials(tmp_path, s
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
     assert len(tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "s")) == 4  # 3 trials + the parent run
     assert len(list((tmp_path / "runs" / "s" / "slurm").glob("[0-9]*_[0-9]*"))) == 2  # one array of 2 worker jobs
+
+
+def test_smoke_with_the_slurm_launcher_runs_the_smoke_trials_as_a_job_array(tmp_path, slurm_cluster):
+    from conftest import REPO
+
+    result = run_cli("run", str(REPO / "experiments" / "quickstart.yaml"), "--smoke", "--launcher", "slurm",
+                     "-o", f"launcher.partition={slurm_cluster}", cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 trials (3 variants x 1 seeds) on slurm" in result.stdout
+    jobs = json.loads((tmp_path / "runs" / "quickstart" / "slurm" / "jobs.json").read_text())
+    [array] = {j.split("_")[0] for j in jobs.values()}
+    accounted = subprocess.run(["sacct", "-j", array, "-n", "-X", "-o", "JobID,State"], capture_output=True,
+                               text=True, timeout=30).stdout.split()
+    assert sorted(jobs.values()) == sorted(accounted[0::2]) and set(accounted[1::2]) == {"COMPLETED"}, accounted
