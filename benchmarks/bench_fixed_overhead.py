@@ -1,7 +1,7 @@
 """Has the balancer contract made the default `fixed` training step slower? Old path vs new, one process.
 
 The old step (before mtbench.balancing): losses -> Σ w_t L_t -> isfinite -> backward -> step. The new step:
-the same forward through `batch_losses`, `Balancer.scale`, `Balancer.backward`, `check_finite` (one host
+the same forward through `batch_losses`, `Balancer.scale`, `Balancer.backward`, `FiniteWatch` (one host
 sync, as before). Both run the quickstart's shared encoder and DeMT (mixer_width 64) on synthetic_nyud
 64x80, batch 8, interleaved so that machine noise hits both alike; the ratio new/old is what to read.
 
@@ -21,7 +21,7 @@ from mtbench.balancing import build_balancer
 from mtbench.config.schema import TrainConfig
 from mtbench.data import build_dataset
 from mtbench.engine.batching import collate
-from mtbench.engine.trainer import batch_losses, build_optimizer, check_finite, joined
+from mtbench.engine.trainer import FiniteWatch, batch_losses, build_optimizer, joined
 from mtbench.losses import build_task_loss
 from mtbench.models import build_model
 from mtbench.tasks import DATASET_TASKS
@@ -58,7 +58,9 @@ def new_step(model, losses, balancer, optimizer, batch) -> None:
     total = torch.stack(list(scaled.values())).sum()
     optimizer.zero_grad(set_to_none=True)
     weights = balancer.backward(scaled)
-    check_finite(total, weights, final, balancer, 0, 0.0)
+    watch = FiniteWatch(balancer, list(losses), lambda step: 0.0, 0, torch.device("cpu"))
+    watch.observe(total, final, weights)
+    watch.check()  # fit checks every 10 steps; one step here keeps the old step's single check
     optimizer.step()
 
 

@@ -418,21 +418,45 @@ def test_balancers_that_weight_per_process_are_refused_in_a_data_parallel_trial(
     assert set(JACOBIAN_BALANCERS) | {"gradnorm", "dwa", "gls", "famo"} <= refused
 
 
+def watch_of(balancer, tasks=("a", "b")):
+    from mtbench.engine.trainer import FiniteWatch
+
+    return FiniteWatch(balancer, list(tasks), lambda step: 0.1 * step, 5, torch.device("cpu"))
+
+
 def test_non_finite_balancer_weights_stop_the_trial_naming_the_balancer():
-    from mtbench.engine.trainer import NonFiniteLossError, check_finite
+    from mtbench.engine.trainer import NonFiniteLossError
 
     uw = build_balancer("uncertainty", tasks=("a", "b"), weights=None)
     final = {"a": torch.tensor(1.0), "b": torch.tensor(2.0)}
-    with pytest.raises(NonFiniteLossError, match=r"balancer 'uncertainty' gave non-finite task weights \[nan, 1.0\]"):
-        check_finite(torch.tensor(3.0), torch.tensor([math.nan, 1.0]), final, uw, step=7, lr=0.1)
+    watch = watch_of(uw)
+    watch.observe(torch.tensor(3.0), final, torch.tensor([1.0, 1.0]))
+    watch.observe(torch.tensor(3.0), final, torch.tensor([math.nan, 1.0]))  # step 6
+    watch.observe(torch.tensor(math.nan), final, torch.tensor([math.nan, 1.0]))  # later steps do not replace it
+    with pytest.raises(NonFiniteLossError, match=r"balancer 'uncertainty' gave non-finite task weights \[nan, 1.0\] "
+                                                 r"at step 6 \(lr 0.6\)"):
+        watch.check()
     # the real thing: log-variances driven to -inf make exp(-s) infinite while the losses stay finite
     with torch.no_grad():
         uw.log_vars.fill_(-math.inf)
     scaled = uw.scale(leaves(1.0, 2.0))
     weights = uw.backward(scaled)
+    watch = watch_of(uw)
+    watch.observe(torch.stack(list(scaled.values())).sum(), final, weights)
     with pytest.raises(NonFiniteLossError, match="balancer 'uncertainty' gave non-finite task weights"):
-        check_finite(torch.stack(list(scaled.values())).sum(), weights, final, uw, step=7, lr=0.1)
-    check_finite(torch.tensor(3.0), torch.tensor([1.0, 1.0]), final, uw, step=7, lr=0.1)  # finite: no error
+        watch.check()
+    finite = watch_of(uw)
+    finite.observe(torch.tensor(3.0), final, torch.tensor([1.0, 1.0]))
+    finite.check()  # finite: no error
+
+
+def test_a_non_finite_task_loss_is_named_with_its_step():
+    from mtbench.engine.trainer import NonFiniteLossError
+
+    watch = watch_of(build_balancer("fixed", tasks=("a", "b"), weights=None))
+    watch.observe(torch.tensor(math.inf), {"a": torch.tensor(1.0), "b": torch.tensor(math.inf)}, torch.ones(2))
+    with pytest.raises(NonFiniteLossError, match=r"the loss of task b became inf at step 5 \(lr 0.5\)"):
+        watch.check()
 
 
 def run_cli_in_process(monkeypatch, capsys, *args: str) -> tuple[int, str]:

@@ -109,19 +109,47 @@ def joined(final: dict[str, torch.Tensor], auxiliary: dict[str, torch.Tensor]) -
     return {t: v + auxiliary[t] if t in auxiliary else v for t, v in final.items()}
 
 
-def check_finite(total: torch.Tensor, weights: torch.Tensor, final: dict[str, torch.Tensor], balancer: Balancer,
-                 step: int, lr: float) -> None:
-    """Stop the trial when the loss or the balancer's weights are NaN or infinite (one host sync)."""
-    if bool(torch.isfinite(torch.cat([total.detach().reshape(1), weights.detach().reshape(-1)])).all()):
-        return
-    if not torch.isfinite(total):
-        bad = [t for t, v in final.items() if not torch.isfinite(v)] or ["(the weighted total)"]
+class FiniteWatch:
+    """Catches a NaN or infinite loss or balancer weight on the device, with no host sync per step.
+
+    `observe` (every step) keeps, on the device, the first step whose total loss, task losses or weights were
+    not finite and those values; `check` reads them (one sync) and stops the trial naming the step and the task
+    or the balancer. `fit` checks at every logging, validation and checkpoint step and at the end, before
+    anything is evaluated or saved: a diverged trial stops at most a logging interval (10 steps) later.
+    """
+
+    def __init__(self, balancer: Balancer, tasks: list[str], lr_at_step: Callable[[int], float], start_step: int,
+                 device: torch.device) -> None:
+        self.balancer, self.tasks, self.lr_at_step = balancer, tasks, lr_at_step
+        self.step = torch.tensor(start_step, device=device)
+        self.first_bad = torch.tensor(-1, device=device)
+        self.values: torch.Tensor | None = None  # total, task losses, weights at first_bad
+
+    def observe(self, total: torch.Tensor, final: dict[str, torch.Tensor], weights: torch.Tensor) -> None:
+        values = torch.cat([total.detach().reshape(1), torch.stack([final[t].detach() for t in self.tasks]),
+                            weights.detach().reshape(-1).to(total.dtype)])
+        first = (self.first_bad < 0) & ~torch.isfinite(values).all()
+        self.first_bad = torch.where(first, self.step, self.first_bad)
+        self.values = values if self.values is None else torch.where(first, values, self.values)
+        self.step += 1
+
+    def check(self) -> None:
+        """Raise NonFiniteLossError if a step was not finite (one host sync)."""
+        step = int(self.first_bad)
+        if step < 0:
+            return
+        values = self.values.tolist()
+        total, losses, weights = values[0], values[1:1 + len(self.tasks)], values[1 + len(self.tasks):]
+        lr = self.lr_at_step(step)
+        bad = [t for t, v in zip(self.tasks, losses, strict=True) if not math.isfinite(v)]
+        if not math.isfinite(total) or bad:
+            raise NonFiniteLossError(
+                f"the loss of task {', '.join(bad or ['(the weighted total)'])} became "
+                f"{next((v for v in losses if not math.isfinite(v)), total)} at step {step} (lr {lr:.3g}). "
+                "Lower train.optimizer.lr, set train.grad_clip, or check the labels of that task.")
         raise NonFiniteLossError(
-            f"the loss of task {', '.join(bad)} became {total.item()} at step {step} (lr {lr:.3g}). "
-            "Lower train.optimizer.lr, set train.grad_clip, or check the labels of that task.")
-    raise NonFiniteLossError(
-        f"balancer {balancer.name!r} gave non-finite task weights {weights.tolist()} at step {step} (lr {lr:.3g}). "
-        "Lower train.optimizer.lr, set train.grad_clip, or use another loss.weighting.")
+            f"balancer {self.balancer.name!r} gave non-finite task weights {weights} at step {step} (lr {lr:.3g}). "
+            "Lower train.optimizer.lr, set train.grad_clip, or use another loss.weighting.")
 
 
 def step_metrics(total: torch.Tensor, lr: float, final: dict[str, torch.Tensor],
@@ -158,6 +186,13 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
     rng = torch.get_rng_state()
     batches = iter(loader)
     torch.set_rng_state(rng)
+    watch = FiniteWatch(balancer, list(task_losses), lambda k: lr_at(k, cfg.optimizer.lr, cfg.schedule, cfg.steps,
+                                                                       steps_per_epoch), start_step, device)
+
+    def checked_checkpoint(k: int) -> None:
+        watch.check()
+        checkpoint_fn(k)
+
     # A stop signal mid-step waits for the step's end and checkpoints it (single-process trials: see stopping).
     with stopping.training_steps(enabled=not dist.is_initialized()):
         for batch in batches:
@@ -170,7 +205,7 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
             total = torch.stack(list(scaled.values())).sum()
             optimizer.zero_grad(set_to_none=True)
             weights = balancer.backward(scaled)
-            check_finite(total, weights, final, balancer, step, lr)
+            watch.observe(total, final, weights)
             average_gradients(balancer)
             if cfg.grad_clip is not None:  # the network's gradient only, not a balancer's own parameters
                 torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
@@ -178,16 +213,20 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
             balancer.after_step(lambda batch=batch: balancer.scale(joined(*batch_losses(
                 model, task_losses, batch, device=device, amp=amp))))
             step += 1
-            if step % 10 == 0 or step == cfg.steps:
+            logs = step % 10 == 0 or step == cfg.steps
+            evaluates = step % cfg.eval_every == 0 and step != cfg.steps
+            saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
+            if logs or evaluates or saved:  # nothing diverged is logged, evaluated or saved
+                watch.check()
+            if logs:
                 log_fn(step_metrics(total, lr, final, auxiliary, balancer), step)
                 if task_id is not None:
                     progress.update(task_id, description=f"train loss {total.item():.3f}")
-            if step % cfg.eval_every == 0 and step != cfg.steps:
+            if evaluates:
                 evaluate_fn(step)
-            saved = step % cfg.checkpoint_every == 0 or step == cfg.steps
             if saved:
                 checkpoint_fn(step)
-            stopping.at_step_end(step, checkpoint_fn, saved=saved)  # SIGTERM, SLURM's USR2: stop here
+            stopping.at_step_end(step, checked_checkpoint, saved=saved)  # SIGTERM, SLURM's USR2: stop here
             if task_id is not None:
                 progress.update(task_id, completed=step)
     if task_id is not None:

@@ -208,6 +208,18 @@ class BuiltTrial:
     selection: Selection
     start_step: int = 0
     run_id: str | None = None
+    # Wall seconds per phase of this process's part of the trial (build, start, train, validate, test,
+    # record), logged as `time/<phase>_s` on the run: where a trial's time goes.
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        """Add the block's wall time to `seconds[phase]`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - started
 
     def loader(self, split: str) -> DataLoader:
         """The evaluation loader of `split` (val or test); labels of several sizes stay lists (`collate_eval`)."""
@@ -245,11 +257,15 @@ def run_trial(cfg: TrialConfig, *, resume: bool = False, progress: Any = None,
         if resume and (done := finished_result(folder, cfg)) is not None:  # finished while we waited
             return done
         distributed.on_main(env, lambda: prepare_output(folder, fresh=not resume, cfg=cfg))
+        built = time.perf_counter()
         trial = build(cfg, env, device, folder)
-        tracker = resume_trial(trial, uri, resume=resume, extra_tags=extra_tags)
+        trial.seconds["build"] = time.perf_counter() - built
+        with trial.timed("start"):
+            tracker = resume_trial(trial, uri, resume=resume, extra_tags=extra_tags)
         with closed_on_error(tracker):
             fit_trial(trial, tracker, on_validate=on_validate, progress=progress)
-            tested = distributed.on_main(env, lambda: test(trial, tracker, progress=progress))
+            with trial.timed("test"):
+                tested = distributed.on_main(env, lambda: test(trial, tracker, progress=progress))
             result = distributed.on_main(env, lambda: record(trial, tracker, tested, started=started))
     finally:
         stack.close()
@@ -358,17 +374,28 @@ def fit_trial(trial: BuiltTrial, tracker: tracking.Tracker | None, *,
     val_loader = trial.loader("val") if env.is_main else None
 
     def validate(step: int) -> None:
-        distributed.on_main(env, lambda: validate_on_main(trial, tracker, val_loader, step, on_validate, progress))
+        with trial.timed("validate"):
+            distributed.on_main(env, lambda: validate_on_main(trial, tracker, val_loader, step, on_validate,
+                                                              progress))
 
     def checkpoint(step: int) -> None:
-        distributed.on_main(env, lambda: save_trial_checkpoint(trial, step))
+        with trial.timed("checkpoint"):
+            distributed.on_main(env, lambda: save_trial_checkpoint(trial, step))
 
-    fit(distributed.wrap(trial.model, env, trial.device, sync_bn=cfg.train.sync_bn), trial.balancer, trial.task_losses,
+    trained = time.perf_counter()
+    model = trial.model
+    if cfg.train.compile:  # the compiled module trains; checkpoints and evaluation use trial.model itself
+        from mtbench.bench import compile_model
+
+        model = compile_model(model, name=cfg.model.name)
+    fit(distributed.wrap(model, env, trial.device, sync_bn=cfg.train.sync_bn), trial.balancer, trial.task_losses,
         train_loader_for(cfg, trial.datasets["train"], trial.start_step, env), trial.optimizer, cfg.train,
         device=trial.device, start_step=trial.start_step, evaluate_fn=validate, checkpoint_fn=checkpoint,
         log_fn=tracker.log_metrics if tracker is not None else lambda metrics, step: None,
         progress=progress if env.is_main else None,
         steps_per_epoch=len(trial.datasets["train"]) // cfg.train.batch_size)  # as StepBatchSampler's epochs
+    trial.seconds["train"] = (time.perf_counter() - trained - trial.seconds.get("validate", 0.0)
+                              - trial.seconds.get("checkpoint", 0.0))
     validate(cfg.train.steps)
 
 
@@ -434,10 +461,13 @@ def log_predictions(trial: BuiltTrial, tracker: tracking.Tracker, split: str = "
 def record(trial: BuiltTrial, tracker: tracking.Tracker, tested: Tested, *, started: float) -> TrialResult:
     """Step 5: prediction figures, final metrics and wall time on the run, result.json; run FINISHED."""
     cfg = trial.cfg
+    recording = time.perf_counter()
     log_predictions(trial, tracker)
+    trial.seconds["record"] = time.perf_counter() - recording
     result = TrialResult(key=cfg.key, variant=cfg.variant, seed=cfg.seed, run_id=tracker.run_id, status="FINISHED",
                          metrics=tested.metrics, wall_time_s=time.time() - started, trial_id=cfg.id)
-    tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested.step}, cfg.train.steps)
+    tracker.log_metrics({"wall_time_s": result.wall_time_s, "tested_step": tested.step,
+                         **{f"time/{phase}_s": v for phase, v in trial.seconds.items()}}, cfg.train.steps)
     tracker.log_dict({"split": "test", "checkpoint": cfg.train.select, "tested_step": tested.step,
                       "select_metric": trial.selection.metric, **tested.metrics}, "final_metrics.json")
     tracker.end("FINISHED")  # first: a result.json beside a run left RUNNING would make reruns skip the trial
