@@ -345,6 +345,61 @@ def flops(
         console.print(f"Not counted (no handle): {report['uncounted_ops']}")
 
 
+@app.command()
+def bench(
+    model: Annotated[str, typer.Argument(help="Registered model name, e.g. demt.")],
+    dataset: Annotated[str, typer.Option(help="Dataset of the published setting: nyud or pascal_context.")],
+    batch: Annotated[int | None, typer.Option(help="Batch size (default: the recipe's train.batch_size).")] = None,
+    amp: Annotated[str | None, typer.Option(help="bf16 (autocast, CUDA only) or fp32 (default).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the model, as train.compile.")]
+    = False,
+    peak: Annotated[float | None, typer.Option(help="Device peak TFLOP/s for MFU (default: mtbench's table of "
+                                                    "GPUs; none on CPU).")] = None,
+    backbone: Annotated[str | None, typer.Option(help="Backbone (default: the recipe's).")] = None,
+    size: Annotated[str | None, typer.Option(help="Input HxW (default: the recipe's), e.g. 448x576.")] = None,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed steps (the median is reported).")] = 10,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed steps first.")] = 3,
+    json_path: Annotated[str | None, typer.Option("--json", help="Also write the results as JSON to this file "
+                                                                 "(- : print only JSON on stdout).")] = None,
+) -> None:
+    """Time training steps (forward, backward, optimizer) at a model's published setting: TFLOP/s, MFU, memory."""
+    import json
+
+    from mtbench.bench import parse_size, run_bench
+
+    result = run_bench(model, dataset, batch=batch, amp=amp, compiled=compile_, peak=peak, backbone=backbone,
+                       size=parse_size(size) if size is not None else None, repeats=repeats, warmup=warmup)
+    table = Table(title=f"{model} / {result['backbone']} / {dataset} at {result['input_size']}, batch "
+                        f"{result['batch']}, {result['amp']}{', compiled' if compile_ else ''}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    memory = result["peak_memory_mib"]
+    rows = {"device": result["device_name"], "setting": result["setting_source"]
+            + (f" (overridden: {', '.join(result['overridden'])})" if result["overridden"] else ""),
+            "step time (median)": f"{result['step_s'] * 1e3:.1f} ms of {result['repeats']}",
+            "images/s": f"{result['images_per_s']:.2f}", "GMACs (fvcore, 1 image)": f"{result['gmacs']:.3f}",
+            "TFLOP/step (6 x MACs x batch)": f"{result['train_tflop_per_step']:.4g}",
+            "TFLOP/s": f"{result['tflops']:.4g}",
+            "peak TFLOP/s": f"{result['peak_tflops']:g}" if result["peak_tflops"] else "unknown",
+            "MFU": f"{100 * result['mfu']:.2f} %" if result["mfu"] is not None else result["mfu_note"],
+            "peak memory": f"{memory:.0f} MiB" if memory is not None else "n/a"}
+    for what, value in rows.items():
+        table.add_row(what, value)
+    out = err_console if json_path == "-" else console
+    out.print(table)
+    out.print(f"Convention: {result['convention']}. Peak: {result['peak_source']}. Memory: {result['memory_basis']}.")
+    if result["uncounted_ops"]:
+        out.print(f"TFLOP/s undercounts: fvcore has no handle for {result['uncounted_ops']}")
+    if json_path == "-":
+        print(json.dumps(result, indent=2))
+    elif json_path is not None:
+        try:
+            Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+        except OSError as err:
+            raise MtbenchError(f"--json: cannot write {json_path!r} ({err.strerror}).") from None
+        console.print(f"wrote {json_path}")
+
+
 @data_app.command("synth")
 def data_synth(
     layout: Annotated[str, typer.Option(help="On-disk layout: nyud_mt, nyudv2 or pascal_context.")],

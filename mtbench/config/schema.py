@@ -74,6 +74,9 @@ class TrainConfig(Strict):
     # Data-parallel trials on GPUs: BatchNorm -> SyncBatchNorm, so statistics span the global batch (released
     # DeMT: trainer.sync_batchnorm). A single-process trial ignores it; on CPUs (gloo) it is an error.
     sync_bn: bool = False
+    # torch.compile the model that trains (mtbench.bench.compile_model; checkpoints and evaluation use the
+    # uncompiled module). A model torch.compile cannot handle fails the trial with the reason.
+    compile: bool = False
 
 
 class LossConfig(Strict):
@@ -251,6 +254,7 @@ ID_NEUTRAL: dict[str, Any] = {
     "train.optimizer.decay_on": "kernels",
     "train.schedule.per": "step",
     "train.sync_bn": False,
+    "train.compile": False,
     "loss.task_options": {},
     "loss.options": {},
 }

@@ -51,7 +51,8 @@ class SyntheticMultiTask(Dataset):
     """Rendered scenes of one preset and split, as Samples holding `image`, `meta` and `tasks`.
 
     `render(index)` gives the generator's raw arrays (uint8 `rgb` included), e.g. to write an
-    on-disk layout. With `cache=True` rendered arrays are kept in memory (per process) for reuse.
+    on-disk layout. With `cache=True` (the default) rendered arrays are kept in memory for the process
+    (`_RENDERED`), so later epochs and later trials with the same data do not render them again.
     A `mtbench.protocols.TaskDataset`: `variant` is the preset's name, nothing is ever `skipped`, and
     `augment_seed` is accepted but unused, since rendered samples are not augmented.
     """
@@ -76,7 +77,7 @@ class SyntheticMultiTask(Dataset):
         self.name, self.split, self.tasks = preset, split, tuple(resolve_tasks(preset, list(tasks)))
         self.size, self.height, self.width, self.seed = size, height, width, seed
         self.variant, self.skipped, self.augment_seed = preset, [], 0
-        self._cache: dict[int, dict[str, np.ndarray]] | None = {} if cache else None
+        self._cache = cache
 
     def __len__(self) -> int:
         return self.size
@@ -96,12 +97,13 @@ class SyntheticMultiTask(Dataset):
         if not -self.size <= index < self.size:
             raise IndexError(f"index {index} out of range for {self.size} samples")
         index %= self.size
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
+        key = (self.name, self.split, index, self.seed, self.height, self.width)
+        if self._cache and key in _RENDERED:
+            return _RENDERED[key]
         arrays = render_scene(self.name, self.split, index, seed=self.seed, height=self.height,
                               width=self.width)
-        if self._cache is not None:
-            self._cache[index] = {k: arrays[k] for k in ("rgb", *self.tasks)}
+        if self._cache:
+            keep(key, arrays)
         return arrays
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -117,6 +119,26 @@ class SyntheticMultiTask(Dataset):
     def __repr__(self) -> str:
         return (f"SyntheticMultiTask({self.name!r}, split={self.split!r}, tasks={self.tasks}, "
                 f"size={self.size}, height={self.height}, width={self.width}, seed={self.seed})")
+
+
+# Rendered scenes kept for the process (every dataset object and trial with the same preset, split, seed and
+# size reads the same arrays: the quickstart's six trials render each scene once, not once per epoch and trial),
+# up to RENDER_CACHE_BYTES; read-only, since samples are built from copies.
+RENDER_CACHE_BYTES = 1 << 30
+_RENDERED: dict[tuple[Any, ...], dict[str, np.ndarray]] = {}
+_rendered_bytes = 0
+
+
+def keep(key: tuple[Any, ...], arrays: dict[str, np.ndarray]) -> None:
+    """Add one scene's arrays to the process's render cache while it has room."""
+    global _rendered_bytes
+    size = sum(a.nbytes for a in arrays.values())
+    if _rendered_bytes + size > RENDER_CACHE_BYTES:
+        return
+    for array in arrays.values():
+        array.setflags(write=False)
+    _RENDERED[key] = arrays
+    _rendered_bytes += size
 
 
 def _build(preset: str, *, root: str | Path | None, split: str, tasks: Sequence[str] | None,
@@ -138,7 +160,7 @@ def _task_list(tasks: Sequence[str] | None) -> list[str] | None:
 def synthetic_nyud(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | None = None,
                    protocol: str | None = None, num_train: int = 800, num_val: int = 200,
                    num_test: int = 200, height: int = 96, width: int = 128, seed: int = 0,
-                   cache: bool = False) -> SyntheticMultiTask:
+                   cache: bool = True) -> SyntheticMultiTask:
     """Rendered indoor rooms with NYUD's tasks (semseg, depth, normals, edge); `root` is ignored.
 
     `seed` picks the scenes (it is the dataset's seed, not the training seed); `height`/`width`
@@ -153,7 +175,7 @@ def synthetic_nyud(*, root: str | Path | None = None, split: str, tasks: Sequenc
 def synthetic_pascal(*, root: str | Path | None = None, split: str, tasks: Sequence[str] | None = None,
                      protocol: str | None = None, num_train: int = 800, num_val: int = 200,
                      num_test: int = 200, height: int = 96, width: int = 128, seed: int = 0,
-                     cache: bool = False) -> SyntheticMultiTask:
+                     cache: bool = True) -> SyntheticMultiTask:
     """Rendered scenes with people and PASCAL-Context's tasks (semseg, human_parts, sal, normals,
     edge); `root` is ignored. Options as for `synthetic_nyud`.
     """
