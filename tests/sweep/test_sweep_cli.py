@@ -120,3 +120,19 @@ def test_a_running_study_trial_whose_lock_is_held_is_not_marked_stale(tmp_path):
     states = {t.number: t.state for t in study.get_trials(deepcopy=False)}
     assert states == {training.number: optuna.trial.TrialState.RUNNING, dead.number: optuna.trial.TrialState.FAIL}
     assert fail_stale_trials(exp, study, storage) == 1  # its holder is gone now: stale too
+
+
+@pytest.mark.slow
+def test_the_tune_demt_study_runs_as_a_smoke(tmp_path):
+    """experiments/tune_demt.yaml runs through the CLI (--smoke: two trials) and its study finishes them."""
+    import optuna
+    from conftest import EXPERIMENTS
+
+    result = run_cli("run", str(EXPERIMENTS / "tune_demt.yaml"), "--smoke", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    study = optuna.load_study(study_name="tune_demt", storage=f"sqlite:///{tmp_path}/runs/tune_demt/optuna.db")
+    states = [t.state for t in study.trials]
+    assert len(states) == 2 and all(s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                                    for s in states)
+    assert {"train.optimizer.lr", "model.options.mixer_width"} <= set(study.trials[0].params)
+    assert (tmp_path / "reports" / "tune_demt" / "best_config.yaml").is_file()
