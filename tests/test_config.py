@@ -152,6 +152,7 @@ NEW_OPTIONS = {  # each ID_NEUTRAL key with a value other than its neutral one
     "loss.task_options": {"normals": {"normalize_by": "elements"}},
     "loss.options": {"temperature": 1.0},
     "train.compile": True,
+    "train.channels_last": True,
 }
 CONTEXT = {"loss.options": ["loss.weighting=dwa"]}  # what the option needs beside it
 

@@ -77,6 +77,9 @@ class TrainConfig(Strict):
     # torch.compile the model that trains (mtbench.bench.compile_model; checkpoints and evaluation use the
     # uncompiled module). A model torch.compile cannot handle fails the trial with the reason.
     compile: bool = False
+    # Weights in channels-last memory format: convolutions then run in oneDNN's and cuDNN's preferred layout
+    # (about 10% faster training steps of the quickstart's models on a CPU). Changes floating-point order only.
+    channels_last: bool = False
 
 
 class LossConfig(Strict):
@@ -255,6 +258,7 @@ ID_NEUTRAL: dict[str, Any] = {
     "train.schedule.per": "step",
     "train.sync_bn": False,
     "train.compile": False,
+    "train.channels_last": False,
     "loss.task_options": {},
     "loss.options": {},
 }

@@ -28,7 +28,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def normalize_image(rgb: np.ndarray) -> torch.Tensor:
     """Turn an (H, W, 3) uint8 RGB array into a (3, H, W) float32 tensor normalised as ImageNet."""
-    image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1))).float().div_(255.0)
+    image = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)).div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return image.sub_(mean).div_(std)

@@ -288,6 +288,8 @@ def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, fold
     seed_everything(cfg.seed, device)
     model = build_model(cfg.model.name, tasks=tasks, dataset=cfg.dataset.name, backbone=cfg.model.backbone,
                         pretrained=cfg.model.pretrained, img_size=img_size, **cfg.model.options).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     balancer = build_balancer(cfg.loss.weighting, tasks=tasks, weights=cfg.loss.weights, options=cfg.loss.options,
                               steps_per_epoch=len(datasets["train"]) // cfg.train.batch_size).to(device)
     check_data_parallel(balancer, env.world_size)
