@@ -167,11 +167,12 @@ def status(
     = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Follow unfinished SLURM jobs to the end.")]
     = False,
+    smoke: Annotated[bool, typer.Option(help="The trials of `mtbench run EXP --smoke`.")] = False,
 ) -> None:
     """Show the state of every trial of a sweep; with --wait, re-attach to its SLURM jobs."""
     from mtbench.config import expand_trials, load_experiment
 
-    exp = load_experiment(experiment, list(override or []))
+    exp = load_experiment(experiment, list(override or []), smoke=smoke)
     trials = expand_trials(exp, where=str(experiment))
     if not wait:
         print_trial_table(trials, title=f"{exp.name}: {len(trials)} trials")

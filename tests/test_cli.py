@@ -102,7 +102,7 @@ def test_report_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path):
              ("-e", "mixed"): "sal: the runs computed sal/maxF with different metric variants",
              ("-e", "mixed", "--tag", "mtbench.model=demt"): "no runs in experiment(s) 'mixed' matching",
              ("-e", "mixed", "--tag", "model"): "--tag 'model': write key=value",
-             (): "name the experiment(s) to report with --experiment; experiments at"}
+             (): "sal: the runs computed sal/maxF with different metric variants"}  # no -e: the only experiment
     for args, message in cases.items():
         result = run_cli("report", *args, cwd=tmp_path)
         assert result.returncode == 2, (args, result.stdout, result.stderr)

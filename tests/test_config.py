@@ -221,7 +221,7 @@ def test_run_selects_trials_by_variant_and_seed(tmp_path):
     assert result.returncode == 2 and "no variant 'demtt'. Did you mean 'demt'?" in result.stderr + result.stdout
     result = run_cli("run", str(EXPERIMENTS / "quickstart.yaml"), "--variant", "demt", "--seed", "1", "--dry-run",
                      cwd=tmp_path)
-    assert result.returncode == 0 and "7bbdad6c3295" in result.stdout and "1 trials" in result.stdout
+    assert result.returncode == 0 and "148bca30d1fc" in result.stdout and "1 trials" in result.stdout
 
 
 def test_an_override_that_one_variant_leaves_alone_is_accepted(write_yaml):

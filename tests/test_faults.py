@@ -152,12 +152,12 @@ def final_metrics(run: object) -> dict[str, float]:
 
 
 def histories(uri: str, run: object) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) of every logged value of every metric of `run` but its wall time."""
+    """(step, value) of every logged value of every metric of `run` but its wall times (`wall_time_s`, `time/*`)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
-            for key in run.data.metrics if key != "wall_time_s"}
+            for key in run.data.metrics if key != "wall_time_s" and not key.startswith("time/")}
 
 
 @dataclass

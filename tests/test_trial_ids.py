@@ -19,7 +19,12 @@ PINNED = {
 }
 
 
+# Config changes made to the files since the ids were pinned (each changes the numbers, so the ids, on purpose):
+# undone here, the ids must come out as pinned.
+SINCE_PINNED = {"quickstart": ["train.channels_last=false"]}  # quickstart.yaml turned channels-last on
+
+
 @pytest.mark.parametrize("experiment", sorted(PINNED))
 def test_trial_ids_are_stable(experiment):
-    trials = expand_trials(load_experiment(EXPERIMENTS / f"{experiment}.yaml"))
+    trials = expand_trials(load_experiment(EXPERIMENTS / f"{experiment}.yaml", SINCE_PINNED.get(experiment)))
     assert {t.key: t.id for t in trials} == PINNED[experiment]

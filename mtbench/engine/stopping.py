@@ -4,7 +4,7 @@ A handler made by `deferred(action)` runs `action` at once outside the training 
 `training_steps()` and the loop's end), the signal only asks for a checkpoint: `at_step_end` writes one after
 the step that was running (its validation included), then runs `action` there, outside the signal handler.
 `action=None` asks for the checkpoint and trains on (SIGTERM under submitit: SLURM follows it with USR2 to
-requeue, or with SIGKILL). A second signal while a request is pending acts at once: the user insists.
+requeue, or with SIGKILL). A second stop signal while a stop is pending acts at once: the user insists.
 
 Data-parallel trials do not defer (ranks would stop at different steps and wait on each other): they stop at
 once and resume from their last regular checkpoint.
@@ -35,12 +35,12 @@ def deferred(action: Action | None) -> Callable[[int, FrameType | None], None]:
     """A signal handler that defers `action` (None: nothing but the checkpoint) to the end of a training step."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if not _requests.deferring or _requests.checkpoint:
+        if not _requests.deferring or (_requests.stop is not None and action is not None):
             if action is not None:
                 action(signum, frame)
             return
         _requests.checkpoint = True
-        if action is not None:
+        if action is not None:  # a stop joins a pending checkpoint-only request (SLURM: SIGTERM, then USR2)
             _requests.stop = (signum, action)
 
     return handler

@@ -76,6 +76,17 @@ def test_a_second_signal_while_one_waits_acts_at_once():
             handler(signal.SIGTERM, None)
 
 
+def test_a_stop_after_a_checkpoint_only_request_still_waits_for_the_step_end():
+    # SLURM preempts with SIGTERM (checkpoint, train on) and then USR2 (stop): the stop must not act mid-step.
+    saved: list[int] = []
+    term, usr2 = stopping.deferred(None), stopping.deferred(stop)
+    with stopping.training_steps(), pytest.raises(Stop, match="SIGUSR2") as stopped:
+        term(signal.SIGTERM, None)
+        usr2(signal.SIGUSR2, None)
+        stopping.at_step_end(3, saved.append, saved=False)
+    assert saved == [3] and stopped.value.checkpoint_step == 3
+
+
 def test_disabled_deferral_acts_at_once_and_requests_do_not_outlive_the_loop():
     handler = stopping.deferred(stop)
     with stopping.training_steps(enabled=False), pytest.raises(Stop):

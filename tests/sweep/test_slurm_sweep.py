@@ -25,19 +25,6 @@ launcher: {{name: slurm, partition: {partition}, cpus_per_task: 1, time_min: 60,
 """
 
 
-def test_grid_runs_as_a_job_array_with_every_trial_in_mlflow(tmp_path, slurm_cluster):
-    grid = "grid:\n  train.optimizer.lr: [0.001, 0.01]\n  model.options.head_channels: [8, 16]\n"
-    (tmp_path / "g.yaml").write_text(BASE.format(name="g", steps=4, partition=slurm_cluster) + grid)
-    result = run_cli("run", "g.yaml", cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "g")
-    assert len(runs) == 4 and set(runs["status"]) == {"FINISHED"}
-    jobs = json.loads((tmp_path / "runs" / "g" / "slurm" / "jobs.json").read_text())
-    assert len(jobs) == 4 and len({j.split("_")[0] for j in jobs.values()}) == 1  # one array job
-    status = run_cli("status", "g.yaml", cwd=tmp_path)
-    assert status.returncode == 0 and status.stdout.count("FINISHED") == 4
-
-
 def logged_steps(db: Path, key: str) -> list[int]:
     """Every step at which `key` was logged in the sqlite store `db`, in order (a re-logged step shows twice)."""
     if not db.exists():
@@ -126,6 +113,7 @@ def test_study_workers_run_as_slurm_jobs_and_finish_exactly_n_trials(tmp_path, s
 
 
 def test_smoke_with_the_slurm_launcher_runs_the_smoke_trials_as_a_job_array(tmp_path, slurm_cluster):
+    """`--smoke --launcher slurm` (a check of a cluster setup): one job array, every trial in sacct and MLflow."""
     from conftest import REPO
 
     result = run_cli("run", str(REPO / "experiments" / "quickstart.yaml"), "--smoke", "--launcher", "slurm",
@@ -137,3 +125,7 @@ def test_smoke_with_the_slurm_launcher_runs_the_smoke_trials_as_a_job_array(tmp_
     accounted = subprocess.run(["sacct", "-j", array, "-n", "-X", "-o", "JobID,State"], capture_output=True,
                                text=True, timeout=30).stdout.split()
     assert sorted(jobs.values()) == sorted(accounted[0::2]) and set(accounted[1::2]) == {"COMPLETED"}, accounted
+    runs = tracking.load_runs(f"sqlite:///{tmp_path}/mlruns.db", "quickstart")
+    assert len(runs) == 3 and set(runs["status"]) == {"FINISHED"}  # every trial of the array is in MLflow
+    status = run_cli("status", str(REPO / "experiments" / "quickstart.yaml"), "--smoke", cwd=tmp_path)
+    assert status.returncode == 0 and status.stdout.count("FINISHED") == 3, status.stdout + status.stderr
