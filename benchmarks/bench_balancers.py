@@ -55,7 +55,7 @@ from mtbench.balancing.jacobian import JacobianBalancer
 from mtbench.config.schema import LossConfig, TrainConfig
 from mtbench.data import build_dataset
 from mtbench.engine.batching import collate, to_device
-from mtbench.engine.trainer import FiniteWatch, batch_losses, build_optimizer, joined
+from mtbench.engine.trainer import FiniteWatch, build_optimizer, train_step
 from mtbench.losses import build_task_loss
 from mtbench.models import build_backbone, build_model
 from mtbench.registry import WEIGHTINGS
@@ -120,20 +120,13 @@ def make_step(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Mo
               optimizer: torch.optim.Optimizer, device: torch.device) -> Callable[[], None]:
     """One training step as `mtbench.engine.trainer.fit` runs it (without logging and schedule)."""
     amp = TRAIN.amp and device.type == "cuda"
-    params = [p for g in optimizer.param_groups for p in g["params"]]
+    params = [p for p in model.parameters() if p.requires_grad]  # clipped as fit clips: the network only
     watch = FiniteWatch(balancer, list(task_losses), lambda step: TRAIN.optimizer.lr, 0, device)
 
     def step() -> None:
-        final, auxiliary = batch_losses(model, task_losses, batch, device=device, amp=amp)
-        scaled = balancer.scale(joined(final, auxiliary))
-        total = torch.stack(list(scaled.values())).sum()
-        optimizer.zero_grad(set_to_none=True)
-        weights = balancer.backward(scaled)
+        total, final, _, weights = train_step(model, balancer, task_losses, batch, optimizer, device=device, amp=amp,
+                                              clipped=params, grad_clip=TRAIN.grad_clip)
         watch.observe(total, final, weights)
-        torch.nn.utils.clip_grad_norm_(params, TRAIN.grad_clip)
-        optimizer.step()
-        balancer.after_step(lambda: balancer.scale(joined(*batch_losses(
-            model, task_losses, batch, device=device, amp=amp))))
 
     return step
 

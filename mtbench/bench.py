@@ -226,7 +226,7 @@ def run_bench(model_name: str, dataset: str, *, batch: int | None = None, amp: s
     """
     from mtbench.balancing import build_balancer
     from mtbench.config.schema import TrainConfig
-    from mtbench.engine.trainer import batch_losses, build_optimizer, joined
+    from mtbench.engine.trainer import build_optimizer, train_step
     from mtbench.losses import build_task_loss
     from mtbench.models import build_model
     from mtbench.profiling import measure_cost
@@ -263,11 +263,7 @@ def run_bench(model_name: str, dataset: str, *, batch: int | None = None, amp: s
     data = random_batch(dataset, tasks, batch, size, device)
 
     def step() -> None:  # mtbench.engine.trainer.fit's step, without logging and schedule
-        final, auxiliary = batch_losses(train_model, task_losses, data, device=device, amp=amp == "bf16")
-        scaled = balancer.scale(joined(final, auxiliary))
-        optimizer.zero_grad(set_to_none=True)
-        balancer.backward(scaled)
-        optimizer.step()
+        train_step(train_model, balancer, task_losses, data, optimizer, device=device, amp=amp == "bf16")
 
     def synchronize() -> None:
         if device.type == "cuda":

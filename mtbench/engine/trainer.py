@@ -165,6 +165,31 @@ def step_metrics(total: torch.Tensor, lr: float, final: dict[str, torch.Tensor],
     return metrics
 
 
+def train_step(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module], batch: dict[str, Any],
+               optimizer: torch.optim.Optimizer, *, device: torch.device, amp: bool,
+               clipped: list[nn.Parameter] | None = None, grad_clip: float | None = None,
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step on `batch` (the step `fit` takes; the benchmarks time this one).
+
+    The task losses (deep supervision joined), scaled by `loss.weights`; the balancer fills the gradients
+    (mtbench.balancing.base); `clipped` (the network's parameters, not a balancer's own) are clipped to
+    `grad_clip`; the optimiser steps; the balancer updates (FAMO, GradNorm). Returns the scaled total, each
+    task's final loss, the deep-supervision terms and the balancer's weights, all on the device (no sync).
+    """
+    final, auxiliary = batch_losses(model, task_losses, batch, device=device, amp=amp)
+    scaled = balancer.scale(joined(final, auxiliary))
+    total = torch.stack(list(scaled.values())).sum()
+    optimizer.zero_grad(set_to_none=True)
+    weights = balancer.backward(scaled)
+    average_gradients(balancer)
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(clipped, grad_clip)
+    optimizer.step()
+    balancer.after_step(lambda: balancer.scale(joined(*batch_losses(model, task_losses, batch, device=device,
+                                                                    amp=amp))))
+    return total, final, auxiliary, weights
+
+
 def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module], loader: Any,
         optimizer: torch.optim.Optimizer, cfg: TrainConfig, *, device: torch.device, start_step: int,
         evaluate_fn: Callable[[int], None], checkpoint_fn: Callable[[int], None],
@@ -173,9 +198,7 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
     """Train from `start_step` to `cfg.steps`, evaluating, checkpointing and logging at intervals.
 
     `loader` yields exactly the batches of steps start_step..steps-1 (StepBatchSampler), `steps_per_epoch`
-    of them per epoch (needed by `train.schedule.per: epoch`). Each step: the task losses (deep supervision
-    joined), scaled by `loss.weights`; the balancer fills the gradients (mtbench.balancing.base); the
-    optimiser steps; the balancer updates (FAMO, GradNorm).
+    of them per epoch (needed by `train.schedule.per: epoch`). Each step is `train_step`.
     """
     model.train()
     amp = cfg.amp and device.type == "cuda"
@@ -189,6 +212,8 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
     watch = FiniteWatch(balancer, list(task_losses), lambda k: lr_at(k, cfg.optimizer.lr, cfg.schedule, cfg.steps,
                                                                        steps_per_epoch), start_step, device)
 
+    clipped = [p for p in model.parameters() if p.requires_grad]  # the network's, not a balancer's own
+
     def checked_checkpoint(k: int) -> None:
         watch.check()
         checkpoint_fn(k)
@@ -199,19 +224,10 @@ def fit(model: nn.Module, balancer: Balancer, task_losses: dict[str, nn.Module],
             lr = lr_at(step, cfg.optimizer.lr, cfg.schedule, cfg.steps, steps_per_epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = to_device(batch, device)
-            final, auxiliary = batch_losses(model, task_losses, batch, device=device, amp=amp)
-            scaled = balancer.scale(joined(final, auxiliary))
-            total = torch.stack(list(scaled.values())).sum()
-            optimizer.zero_grad(set_to_none=True)
-            weights = balancer.backward(scaled)
+            total, final, auxiliary, weights = train_step(model, balancer, task_losses, to_device(batch, device),
+                                                          optimizer, device=device, amp=amp, clipped=clipped,
+                                                          grad_clip=cfg.grad_clip)
             watch.observe(total, final, weights)
-            average_gradients(balancer)
-            if cfg.grad_clip is not None:  # the network's gradient only, not a balancer's own parameters
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-            optimizer.step()
-            balancer.after_step(lambda batch=batch: balancer.scale(joined(*batch_losses(
-                model, task_losses, batch, device=device, amp=amp))))
             step += 1
             logs = step % 10 == 0 or step == cfg.steps
             evaluates = step % cfg.eval_every == 0 and step != cfg.steps
