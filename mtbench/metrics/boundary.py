@@ -34,6 +34,8 @@ matched pair lowers that cost, so its optimum is a maximum-cardinality matching 
 least total distance. The counts only depend on the cardinality, so mtbench computes a maximum-cardinality
 matching directly on the same pairs (squared distance <= radius^2, correspondPixels' test): a unit-capacity
 max flow solved with Dinic's algorithm (`scipy.sparse.csgraph.maximum_flow`), exact and deterministic.
+The thresholds of one image are thinned as one stack (`thin_stack`) and matched together: small networks of
+several thresholds are solved in one max-flow call, each threshold's count read from its own component.
 (scipy's `maximum_bipartite_matching` is avoided: it takes exponential time on chain-like pixel graphs,
 scipy#26147.) Where counts differ: correspondPixels connects each node to only 6 random outlier nodes,
 time-seeded, so on some graphs its cheapest assignment has fewer real pairs than the maximum; its counts
@@ -78,7 +80,7 @@ from scipy.sparse.csgraph import maximum_flow
 
 from mtbench.errors import MtbenchError
 from mtbench.tasks import IGNORE
-from mtbench.thinning import thin
+from mtbench.thinning import thin, thin_stack
 
 # maxDist per dataset family (SEISM `scripts/eval_method.m`), as a fraction of the image diagonal.
 MAX_DIST: dict[str, float] = {"nyud": 0.011, "pascal_context": 0.0075}
@@ -88,6 +90,10 @@ RAW_THRESHOLDS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 1
 NMS_THRESHOLDS: tuple[float, ...] = (0.001, *RAW_THRESHOLDS, 0.999)
 # Column order of the count arrays: SEISM's cntR, sumR, cntP, sumP.
 COUNT_COLUMNS = ("cntR", "sumR", "cntP", "sumP")
+# Pixels of the threshold maps thinned and matched together (about 11 bytes each while thinning).
+STACK_PIXELS = 8_000_000
+# Edges of the matching network up to which several maps are solved in one max-flow call (see match_counts).
+NETWORK_EDGES = 20_000
 
 
 # ------------------------------------------------------------------------------------ ground truth, NMS
@@ -187,7 +193,7 @@ def _disk_offsets(radius: float) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _GroundTruthIndex:
-    """One image's ground-truth boundary pixels, indexed for matching at many thresholds."""
+    """One image's ground-truth boundary pixels, indexed for matching the binary maps of many thresholds."""
 
     def __init__(self, gt: np.ndarray, radius: float) -> None:
         h, w = gt.shape
@@ -209,37 +215,84 @@ class _GroundTruthIndex:
     def match_count(self, pred: np.ndarray) -> int:
         """Return the size of a maximum one-to-one matching of `pred`'s pixels to the GT pixels within the
         radius (the number of matched predicted pixels, which equals the number of matched GT pixels)."""
+        return int(self.match_counts(pred[None])[0])
+
+    def match_counts(self, preds: np.ndarray) -> np.ndarray:
+        """Return `match_count` of each map of an (N, H, W) stack, as int64.
+
+        Each predicted pixel's neighbourhood is looked up once however many maps hold it. Maps whose graphs
+        are small are solved together, as one network whose components are the maps (right node = (map, GT
+        pixel)); a map's count is then the flow leaving the source into its pixels. Large graphs are solved
+        one map at a time: Dinic's phases run over the whole network, so one map that needs many phases would
+        make the others pay for them.
+        """
+        n = preds.shape[0]
+        counts = np.zeros(n, dtype=np.int64)
         if self.size == 0:
-            return 0
-        ys, xs = np.nonzero(pred & self.near)
-        if ys.size == 0:
-            return 0
-        centres = (ys + self.pad) * self.stride + (xs + self.pad)
-        cand = self.index[centres[:, None] + self.offsets[None, :]]
-        hit = cand >= 0
-        degree = hit.sum(axis=1)
-        cand, hit, degree = cand[degree > 0], hit[degree > 0], degree[degree > 0]
-        return _max_matching(degree, cand[hit], self.size)
+            return counts
+        ks, ys, xs = np.nonzero(preds & self.near)  # sorted by map
+        if ks.size == 0:
+            return counts
+        pixels, which = np.unique((ys + self.pad) * self.stride + (xs + self.pad), return_inverse=True)
+        degree_u, neighbours_u = self._neighbourhoods(pixels)
+        degree = degree_u[which]
+        keep = degree > 0
+        ks, which, degree = ks[keep], which[keep], degree[keep]
+        starts = np.zeros(degree_u.size + 1, dtype=np.int64)
+        np.cumsum(degree_u, out=starts[1:])
+        # neighbours of each kept (map, pixel) entry, consecutively: row `which` of the distinct pixels' lists
+        first_edge = np.zeros(degree.size + 1, dtype=np.int64)
+        np.cumsum(degree, out=first_edge[1:])
+        pos = np.arange(int(first_edge[-1])) + np.repeat(starts[which] - first_edge[:-1], degree)
+        right = neighbours_u[pos] + np.repeat(ks, degree) * self.size  # right node id of (map, GT pixel)
+        map_entries = np.searchsorted(ks, np.arange(n + 1))  # entries of map k: map_entries[k]:map_entries[k+1]
+        map_edges = first_edge[map_entries]
+        lo = 0
+        while lo < n:
+            hi = lo + 1  # add maps while the network stays under the edge budget
+            while hi < n and map_edges[hi + 1] - map_edges[lo] <= NETWORK_EDGES:
+                hi += 1
+            e0, e1 = map_entries[lo], map_entries[hi]
+            block_right = right[first_edge[e0]:first_edge[e1]] - lo * self.size
+            counts[lo:hi] = _max_matching_per_block(degree[e0:e1], block_right, (hi - lo) * self.size,
+                                                    ks[e0:e1] - lo, hi - lo)
+            lo = hi
+        return counts
+
+    def _neighbourhoods(self, pixels: np.ndarray, rows: int = 32768) -> tuple[np.ndarray, np.ndarray]:
+        """Return (degree, GT ids listed row after row) of padded flat pixel positions, in chunks of `rows`."""
+        degrees, lists = [], []
+        for i in range(0, pixels.size, rows):
+            cand = self.index[pixels[i:i + rows, None] + self.offsets[None, :]]
+            hit = cand >= 0
+            degrees.append(hit.sum(axis=1))
+            lists.append(cand[hit])
+        return np.concatenate(degrees), np.concatenate(lists)
 
 
-def _max_matching(degree: np.ndarray, neighbours: np.ndarray, n_right: int) -> int:
-    """Return the size of a maximum matching of a bipartite graph given as adjacency lists.
+def _max_matching_per_block(degree: np.ndarray, neighbours: np.ndarray, n_right: int, block: np.ndarray,
+                            n_blocks: int) -> np.ndarray:
+    """Return the size of a maximum matching of a bipartite graph, per block of left nodes.
 
-    Left node i has `degree[i]` neighbours, listed consecutively in `neighbours` (right node ids). Solved as
-    a unit-capacity max flow source -> left -> right -> sink with Dinic's algorithm, which is Hopcroft-Karp
-    on this network. (scipy's `maximum_bipartite_matching` is not used: its depth-first search does not mark
-    dead ends and takes exponential time on chain-like graphs such as pixel boundaries, scipy#26147.)
+    Left node i has `degree[i]` neighbours, listed consecutively in `neighbours` (right node ids), and belongs
+    to `block[i]` (blocks share no right node). Solved as a unit-capacity max flow source -> left -> right ->
+    sink with Dinic's algorithm, which is Hopcroft-Karp on this network; a block's matching size is the flow
+    on its source edges. (scipy's `maximum_bipartite_matching` is not used: its depth-first search does not
+    mark dead ends and takes exponential time on chain-like graphs such as pixel boundaries, scipy#26147.)
     """
     n_left = degree.size
     if n_left == 0 or n_right == 0:
-        return 0
+        return np.zeros(n_blocks, dtype=np.int64)
     source, sink = n_left + n_right, n_left + n_right + 1
     indices = np.concatenate([neighbours + n_left, np.full(n_right, sink), np.arange(n_left)]).astype(np.int32)
     row_sizes = np.concatenate([degree, np.ones(n_right, dtype=degree.dtype), [n_left, 0]])
     indptr = np.zeros(row_sizes.size + 1, dtype=np.int32)
     np.cumsum(row_sizes, out=indptr[1:])
     graph = csr_array((np.ones(indices.size, dtype=np.int32), indices, indptr), shape=(sink + 1, sink + 1))
-    return int(maximum_flow(graph, source, sink, method="dinic").flow_value)
+    flow = maximum_flow(graph, source, sink, method="dinic").flow
+    row = slice(flow.indptr[source], flow.indptr[source + 1])
+    used = flow.indices[row][flow.data[row] > 0]
+    return np.bincount(block[used], minlength=n_blocks).astype(np.int64)
 
 
 def match_boundaries(pred: np.ndarray, gt: np.ndarray, max_dist: float) -> int:
@@ -320,16 +373,21 @@ def image_counts(pred: np.ndarray, gt: np.ndarray, protocol: BoundaryProtocol) -
         prob = np.where(inside, prob, np.float32(0))
 
     matcher = _GroundTruthIndex(gt_map, protocol.max_dist * math.hypot(*gt_map.shape))
-    counts = np.zeros((len(protocol.thresholds), 4), dtype=np.int64)
+    thresholds = np.asarray(protocol.thresholds, dtype=np.float64)
+    if not protocol.nms:  # edgesEvalImg's E >= max(eps, t); nms: read_one_cont_png's E > t
+        thresholds = np.maximum(np.finfo(np.float64).eps, thresholds)
+    thresholds = thresholds.astype(prob.dtype)  # compared in float32, as a Python float against the map
+    counts = np.zeros((thresholds.size, 4), dtype=np.int64)
     counts[:, 1] = matcher.size
-    for k, t in enumerate(protocol.thresholds):
-        # raw: edgesEvalImg's E >= max(eps, t); nms: read_one_cont_png's E > t
-        binary = prob > t if protocol.nms else prob >= max(float(np.finfo(np.float64).eps), t)
-        binary = thin(binary)
-        matched = matcher.match_count(binary)
-        counts[k, 0] = matched
-        counts[k, 2] = matched
-        counts[k, 3] = int(binary.sum())
+    # Thresholds in groups of at most STACK_PIXELS pixels: thinned and matched a group at a time.
+    group = max(1, STACK_PIXELS // max(prob.size, 1))
+    for lo in range(0, thresholds.size, group):
+        ts = thresholds[lo:lo + group, None, None]
+        binary = thin_stack(prob > ts if protocol.nms else prob >= ts)
+        matched = matcher.match_counts(binary)
+        counts[lo:lo + group, 0] = matched
+        counts[lo:lo + group, 2] = matched
+        counts[lo:lo + group, 3] = binary.sum(axis=(1, 2))
     return counts
 
 
