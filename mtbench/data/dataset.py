@@ -43,7 +43,8 @@ def to_sample_tensor(task: str, array: np.ndarray) -> torch.Tensor:
     if spec.is_class_map:
         return torch.from_numpy(array.astype(np.int64))
     if spec.target_channels > 1:
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1), dtype=np.float32))
+        # astype copies: cached arrays are read-only
+        return torch.from_numpy(array.transpose(2, 0, 1).astype(np.float32, order="C"))
     return torch.from_numpy(array.astype(np.float32)[None])
 
 

@@ -130,7 +130,7 @@ def test_requested_tasks_only_and_image_normalisation() -> None:
     ds = build_dataset("synthetic_pascal", split="test", tasks=["sal", "semseg"], num_test=4)
     s = ds[1]
     assert set(s) == {"image", "meta", "semseg", "sal"}
-    rgb = torch.from_numpy(ds.render(1)["rgb"]).permute(2, 0, 1).float() / 255
+    rgb = torch.from_numpy(ds.render(1)["rgb"].copy()).permute(2, 0, 1).float() / 255
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(s["image"] * std + mean, rgb, atol=1e-5)
     assert ds.render(1)["rgb"].dtype == np.uint8
