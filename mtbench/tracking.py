@@ -458,10 +458,24 @@ class Tracker:
         with self._answering():
             self._client.log_text(self.run_id, text, artifact_file)
 
-    def log_inputs(self, datasets: Sequence[Any]) -> None:
-        """Record MLflow dataset inputs (`dataset_inputs`) on the run: the runs table's Dataset column."""
-        with self._answering():
-            self._client.log_inputs(self.run_id, datasets=list(datasets))
+    def log_inputs(self, datasets: Sequence[Any], attempts: int = 3) -> None:
+        """Record MLflow dataset inputs (`dataset_inputs`) on the run: the runs table's Dataset column.
+
+        A dataset is stored once per experiment. Two trials that start together on a new store both find it
+        missing and both insert it; the second insert fails on the store's unique key (seen with SQLite and two
+        local workers). The call is idempotent, so it is retried: the retry finds the dataset and links it.
+        """
+        from mlflow.exceptions import MlflowException
+
+        for attempt in range(attempts):
+            try:
+                with self._answering():
+                    self._client.log_inputs(self.run_id, datasets=list(datasets))
+                return
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
         """Save `d` as JSON or YAML, chosen by the suffix of `artifact_file`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,3 +187,69 @@ def test_missing_store_is_reported_not_created(tmp_path: Path) -> None:
         with pytest.raises(MtbenchError, match="no runs yet at .*run `mtbench run"):
             call()
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def _log_same_datasets(uri: str, rounds: int, barrier: Any, failures: Any) -> None:
+    """Worker of the race test: each round, start a run and log the round's datasets at the barrier."""
+    import json as json_
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    for r in range(rounds):
+        dataset = Dataset(name="synthetic_nyud", digest=f"race{r:04d}", source_type="code",
+                          source=json_.dumps({"uri": "generated"}), profile="{}")
+        inputs = [DatasetInput(dataset, tags=[InputTag(key="mlflow.data.context", value="train")])]
+        tracker = Tracker.start(uri, "exp_race", f"r{r}", {})
+        barrier.wait()
+        try:
+            tracker.log_inputs(inputs)
+        except Exception as exc:  # noqa: BLE001 (reported to the test)
+            failures.put(f"round {r}: {type(exc).__name__}: {exc}"[:300])
+        tracker.end()
+
+
+def test_two_trials_logging_the_same_new_dataset_at_once_both_succeed(tmp_path: Path) -> None:
+    """Two local workers start trials together on a new store: both insert the experiment's dataset, and the
+    second insert hits the unique key; `log_inputs` retries and links the stored one."""
+    import multiprocessing
+
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlruns.db"
+    Tracker.start(uri, "exp_race", "init", {}).end()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, failures, rounds = ctx.Barrier(2), ctx.Queue(), 12
+    workers = [ctx.Process(target=_log_same_datasets, args=(uri, rounds, barrier, failures)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+    errors = []
+    while not failures.empty():
+        errors.append(failures.get())
+    assert not errors and all(w.exitcode == 0 for w in workers), errors
+    runs = mlflow.MlflowClient(uri).search_runs([mlflow.MlflowClient(uri).get_experiment_by_name("exp_race")
+                                                 .experiment_id], max_results=100)
+    linked = [r for r in runs if r.inputs.dataset_inputs]
+    assert len(linked) == 2 * rounds
+    assert len({r.inputs.dataset_inputs[0].dataset.digest for r in linked}) == rounds
+
+
+def test_log_inputs_gives_up_on_a_lasting_store_error(store: tuple[str, Path],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow.exceptions import MlflowException
+
+    uri, _ = store
+    tracker = Tracker.start(uri, "exp_inputs", "x", {})
+    calls = []
+
+    def failing(run_id: str, datasets: Any) -> None:
+        calls.append(run_id)
+        raise MlflowException("database is locked")
+
+    monkeypatch.setattr(tracker._client, "log_inputs", failing)
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    with pytest.raises(MlflowException, match="locked"):
+        tracker.log_inputs([])
+    assert len(calls) == 3
+    tracker.end()
