@@ -66,6 +66,8 @@ class TrainConfig(Strict):
     checkpoint_every: PositiveInt = 100
     amp: bool = True
     device: str = "auto"
+    # Worker processes of the data loaders, and of the final test's boundary matching (odsF; 0: in the trial's
+    # process). Results do not depend on it.
     num_workers: int = Field(0, ge=0)
     # Which weights the test split scores: the last step's, or those of the best validation
     # evaluation by `select_metric` (default: the first task's primary metric). Never the test split.

@@ -297,9 +297,12 @@ def build(cfg: TrialConfig, env: distributed.DistEnv, device: torch.device, fold
     loss_options = cfg.loss.task_loss_options()
     task_losses = {t: build_task_loss(t, dataset=cfg.dataset.name, **loss_options.get(t, {})) for t in tasks}
     meters = {t: build_meter(t, dataset=cfg.dataset.name) for t in tasks}
+    test_meters = {**meters, **final_test_meters(tasks, cfg.dataset.name)}
+    for meter in test_meters.values():  # the test's boundary matching in train.num_workers processes
+        meter.use_workers(cfg.train.num_workers)
     return BuiltTrial(cfg=cfg, env=env, device=device, folder=folder, tasks=tasks, protocol=protocol,
                       datasets=datasets, img_size=img_size, model=model, balancer=balancer, task_losses=task_losses,
-                      meters=meters, test_meters={**meters, **final_test_meters(tasks, cfg.dataset.name)},
+                      meters=meters, test_meters=test_meters,
                       optimizer=build_optimizer([model, balancer], cfg.train), selection=selection_for(cfg, tasks))
 
 
@@ -525,9 +528,9 @@ def final_test_meters(tasks: tuple[str, ...], dataset: str) -> dict[str, Meter]:
     """Meters that only the final test runs, keyed `task:variant`: the slow ones and the published variants.
 
     Slow: `TaskSpec.test_meters`, edge's SEISM boundary evaluation (odsF/oisF/AP: 8-bit maps, NMS, 101
-    thresholds, matched in worker processes; validation logs the balanced-BCE proxy `edge/loss_bce`). Published:
-    every metric variant a published row of this dataset family uses (InvPT's `sal:invpt` on PASCAL-Context), so
-    that `mtbench report --with-published` can set that row beside the run.
+    thresholds; `build` gives it `train.num_workers` worker processes; validation logs the balanced-BCE proxy
+    `edge/loss_bce`). Published: every metric variant a published row of this dataset family uses (InvPT's
+    `sal:invpt` on PASCAL-Context), so that `mtbench report --with-published` can set that row beside the run.
     """
     variants = {(t, v) for t in tasks for v in get_task(t).test_meters}
     variants |= {(t, v) for t, v in published_variants(dataset) if t in tasks and not is_reference(t, v)}

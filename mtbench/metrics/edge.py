@@ -98,14 +98,20 @@ class BoundaryMeter(Meter):
     def __init__(self, protocol: BoundaryProtocol, *, variant: str, num_workers: int = 0,
                  metric_variant: str | None = None) -> None:
         super().__init__(variant=variant)
-        if num_workers < 0:
-            raise MtbenchError(f"edge meter: num_workers must be >= 0; got {num_workers}.")
         self.protocol = protocol
-        self.num_workers = int(num_workers)
+        self.use_workers(num_workers)
         self.metric_variant = metric_variant
         self._rows: list[np.ndarray] = []
         self._pending: list[Future] = []
         self._pool: ProcessPoolExecutor | None = None
+
+    def use_workers(self, num_workers: int) -> None:
+        if num_workers < 0:
+            raise MtbenchError(f"edge meter: num_workers must be >= 0; got {num_workers}.")
+        if getattr(self, "_pool", None) is not None:
+            raise MtbenchError("edge meter: the worker count cannot change while workers run; call it before "
+                               "the first update or after reading the state.")
+        self.num_workers = int(num_workers)
 
     def reset(self) -> None:
         super().reset()

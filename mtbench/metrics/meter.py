@@ -119,6 +119,11 @@ class Meter(ABC):
         interrupted calls it, so no process outlives the trial. Meters that run nothing only reset."""
         self.reset()
 
+    def use_workers(self, num_workers: int) -> None:
+        """Let `update` hand its work to `num_workers` processes, where the meter has CPU-heavy work to spread
+        (the boundary matching); the others ignore it. Results do not depend on it."""
+        return
+
     def pending(self) -> int:
         """Return how many updates still run beside the caller (worker processes); 0 for meters that run none."""
         return 0

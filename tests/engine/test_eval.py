@@ -242,6 +242,12 @@ def test_eval_of_a_trials_checkpoint_reproduces_its_test_metrics(trained):
     assert list(runs_in(trained, ("trial", "study"))["run_id"]) == list(trial["run_id"])
     record = tracking.trial_records(f"sqlite:///{trained}/mlruns.db", "tiny")
     assert [r.run_id for r in record.values()] == list(trial["run_id"])
+    # train.num_workers spreads the boundary matching (and the loading) over processes: the same numbers.
+    result = run_cli("eval", "tiny.yaml", "--weights", str(last), "-o", "train.num_workers=2", cwd=trained)
+    assert result.returncode == 0, result.stdout + result.stderr
+    evals = runs_in(trained, ("eval",))
+    assert len(evals) == 2
+    assert all({c: evals[c].iloc[i] for c in metrics} == {c: trial[c].iloc[0] for c in metrics} for i in (0, 1))
 
 
 def another_models_state_dict(folder: Path) -> Path:

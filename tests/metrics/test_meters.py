@@ -292,3 +292,20 @@ def test_build_meter_errors_and_variant_name() -> None:
 def test_primary_metric_directions_match_tasks() -> None:
     for spec in TASKS.values():
         assert metric_direction(spec.primary_metric) is spec.higher_is_better
+
+
+def test_only_the_final_tests_boundary_meter_takes_the_trials_workers(tmp_path) -> None:
+    """`build` hands train.num_workers to the test meters: edge's odsF matches in that many processes."""
+    from mtbench.config import expand_trials, load_experiment
+    from mtbench.engine import distributed
+    from mtbench.engine.trial import build
+
+    path = tmp_path / "e.yaml"
+    path.write_text("name: e\ndataset: {name: synthetic_nyud, options: {height: 32, width: 40, num_train: 8, "
+                    "num_val: 4, num_test: 4}}\nmodel: {name: shared_encoder, backbone: tiny}\n"
+                    "train: {steps: 2, num_workers: 3}\n")
+    cfg = expand_trials(load_experiment(path))[0]
+    trial = build(cfg, distributed.env_from(), torch.device("cpu"), tmp_path / "t")
+    workers = {key: getattr(m, "num_workers", None) for key, m in trial.test_meters.items()}
+    assert workers["edge:odsf_nms"] == 3 and trial.meters["edge"] is trial.test_meters["edge"]
+    assert not hasattr(trial.meters["edge"], "num_workers")  # validation's edge loss proxy runs no workers
