@@ -213,6 +213,48 @@ def _reset_peak_rss() -> bool:
     return True
 
 
+@dataclass
+class PreparedStep:
+    """A model at a setting, ready to train on one fixed random batch: `step()` is `train_step` (no sync)."""
+
+    model: nn.Module
+    balancer: Any
+    tasks: tuple[str, ...]
+    cost: Any  # mtbench.profiling cost of one image (fvcore)
+    step: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]]
+
+
+def prepare_step(model_name: str, dataset: str, *, tasks: tuple[str, ...], backbone: str, size: tuple[int, int],
+                 batch: int, options: dict[str, Any], optimizer_name: str, amp: bool, compiled: bool,
+                 device: torch.device) -> PreparedStep:
+    """Build `model_name` (random init, seed 0), count its FLOPs, and return its training step on a random batch:
+    `mtbench.engine.trainer.fit`'s step without logging, schedule and checks (benchmarks/bench_step_sync.py
+    adds those back)."""
+    from mtbench.balancing import build_balancer
+    from mtbench.config.schema import TrainConfig
+    from mtbench.engine.trainer import build_optimizer, train_step
+    from mtbench.losses import build_task_loss
+    from mtbench.models import build_model
+    from mtbench.profiling import measure_cost
+
+    torch.manual_seed(0)
+    model = build_model(model_name, tasks=tasks, dataset=dataset, backbone=backbone, pretrained=False,
+                        img_size=size, **options).to(device)
+    cost = measure_cost(model, size, tasks=tasks)  # before timing: its trace is not part of the peak memory
+    balancer = build_balancer("fixed", tasks=tasks, weights=None).to(device)
+    balancer.attach(model)
+    task_losses = {t: build_task_loss(t, dataset=dataset) for t in tasks}
+    optimizer = build_optimizer([model, balancer], TrainConfig(optimizer={"name": optimizer_name}))
+    train_model = compile_model(model, name=model_name) if compiled else model
+    train_model.train()
+    data = random_batch(dataset, tasks, batch, size, device)
+
+    def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        return train_step(train_model, balancer, task_losses, data, optimizer, device=device, amp=amp)
+
+    return PreparedStep(model=model, balancer=balancer, tasks=tasks, cost=cost, step=step)
+
+
 def run_bench(model_name: str, dataset: str, *, batch: int | None = None, amp: str | None = None,
               compiled: bool = False, peak: float | None = None, backbone: str | None = None,
               size: tuple[int, int] | None = None, repeats: int = 10, warmup: int = 3,
@@ -224,12 +266,6 @@ def run_bench(model_name: str, dataset: str, *, batch: int | None = None, amp: s
     gmacs (fvcore, one image), train_tflop_per_step, convention, tflops, peak_tflops, peak_source, mfu
     (fraction, or None with mfu_note saying why), peak_memory_mib, memory_basis, uncounted_ops.
     """
-    from mtbench.balancing import build_balancer
-    from mtbench.config.schema import TrainConfig
-    from mtbench.engine.trainer import build_optimizer, train_step
-    from mtbench.losses import build_task_loss
-    from mtbench.models import build_model
-    from mtbench.profiling import measure_cost
     from mtbench.tasks import resolve_tasks
 
     setting = published_setting(model_name, dataset)
@@ -250,20 +286,10 @@ def run_bench(model_name: str, dataset: str, *, batch: int | None = None, amp: s
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
 
-    torch.manual_seed(0)
-    model = build_model(model_name, tasks=tasks, dataset=dataset, backbone=backbone, pretrained=False,
-                        img_size=size, **dict(setting.options)).to(device)
-    cost = measure_cost(model, size, tasks=tasks)  # before timing: its trace is not part of the peak memory
-    balancer = build_balancer("fixed", tasks=tasks, weights=None).to(device)
-    balancer.attach(model)
-    task_losses = {t: build_task_loss(t, dataset=dataset) for t in tasks}
-    optimizer = build_optimizer([model, balancer], TrainConfig(optimizer={"name": setting.optimizer}))
-    train_model = compile_model(model, name=model_name) if compiled else model
-    train_model.train()
-    data = random_batch(dataset, tasks, batch, size, device)
-
-    def step() -> None:  # mtbench.engine.trainer.fit's step, without logging and schedule
-        train_step(train_model, balancer, task_losses, data, optimizer, device=device, amp=amp == "bf16")
+    prepared = prepare_step(model_name, dataset, tasks=tasks, backbone=backbone, size=size, batch=batch,
+                            options=dict(setting.options), optimizer_name=setting.optimizer, amp=amp == "bf16",
+                            compiled=compiled, device=device)
+    cost, step = prepared.cost, prepared.step
 
     def synchronize() -> None:
         if device.type == "cuda":
