@@ -1,5 +1,5 @@
-"""Training and evaluation of one trial."""
+"""Training and evaluation of one trial (`mtbench.engine.trial.run_trial`: build, resume, fit, test, record).
 
-from mtbench.engine.trial import TrialResult, run_trial
-
-__all__ = ["TrialResult", "run_trial"]
+Nothing is imported here: `mtbench.engine.stopping` is read by every CLI call, and the trial pulls in
+torch, timm and the models (seconds of start-up).
+"""

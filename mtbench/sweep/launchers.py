@@ -22,9 +22,9 @@ from typing import Any
 
 from mtbench import locks, tracking
 from mtbench.config.schema import Experiment, LauncherConfig, TrialConfig
-from mtbench.engine import TrialResult, run_trial, stopping
+from mtbench.engine import stopping
 from mtbench.engine.trainer import NonFiniteLossError
-from mtbench.engine.trial import LOCK, trial_dir, trial_lock_name
+from mtbench.engine.trial import LOCK, TrialResult, run_trial, trial_dir, trial_lock_name
 from mtbench.errors import MtbenchError, Preempted
 from mtbench.locks import Busy
 
