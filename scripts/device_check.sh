@@ -9,13 +9,14 @@
 # Each step has its own time limit, so one slow step cannot take the others' time: 540 s at most in all.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-device_out} runs=/tmp/device_check  # $OUT brings back 8 files at most: the benches merge into one
+out=${OUT:-device_out} scratch=$(mktemp -d)
+runs=$scratch/bench site=$scratch/site  # $OUT brings back 8 files at most: the benches merge into one
 mkdir -p "$out" "$runs"
 exec > >(tee "$out/log.txt") 2>&1
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
+  export PYTHONPATH="$PYTHONPATH:$site"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
