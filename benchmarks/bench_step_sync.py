@@ -59,7 +59,7 @@ def main() -> None:
                 raise SystemExit("non-finite loss")
 
     def finite_watch() -> None:
-        watch = FiniteWatch(prepared.balancer, list(prepared.tasks), lambda step: 0.0, 0, device)
+        watch = FiniteWatch(prepared.balancer, list(tasks), lambda step: 0.0, 0, device)
         for i in range(args.steps):
             total, final, _, weights = prepared.step()
             watch.observe(total, final, weights)

@@ -21,12 +21,16 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mtbench.errors import MtbenchError
+
+if TYPE_CHECKING:
+    from mtbench.balancing import Balancer
+    from mtbench.profiling import ModelCost
 
 CONVENTION = ("training FLOPs per step = 2 * MACs * batch * 3: fvcore multiply-adds of one image (batch 1, "
               "eval-mode forward) x 2 flops each x batch x 3 for forward + backward")
@@ -217,10 +221,8 @@ def _reset_peak_rss() -> bool:
 class PreparedStep:
     """A model at a setting, ready to train on one fixed random batch: `step()` is `train_step` (no sync)."""
 
-    model: nn.Module
-    balancer: Any
-    tasks: tuple[str, ...]
-    cost: Any  # mtbench.profiling cost of one image (fvcore)
+    balancer: Balancer
+    cost: ModelCost  # fvcore's count of one image
     step: Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]]
 
 
@@ -252,7 +254,7 @@ def prepare_step(model_name: str, dataset: str, *, tasks: tuple[str, ...], backb
     def step() -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         return train_step(train_model, balancer, task_losses, data, optimizer, device=device, amp=amp)
 
-    return PreparedStep(model=model, balancer=balancer, tasks=tasks, cost=cost, step=step)
+    return PreparedStep(balancer=balancer, cost=cost, step=step)
 
 
 def run_bench(model_name: str, dataset: str, *, batch: int | None = None, amp: str | None = None,

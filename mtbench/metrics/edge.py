@@ -99,16 +99,16 @@ class BoundaryMeter(Meter):
                  metric_variant: str | None = None) -> None:
         super().__init__(variant=variant)
         self.protocol = protocol
-        self.use_workers(num_workers)
         self.metric_variant = metric_variant
         self._rows: list[np.ndarray] = []
         self._pending: list[Future] = []
         self._pool: ProcessPoolExecutor | None = None
+        self.use_workers(num_workers)
 
     def use_workers(self, num_workers: int) -> None:
         if num_workers < 0:
             raise MtbenchError(f"edge meter: num_workers must be >= 0; got {num_workers}.")
-        if getattr(self, "_pool", None) is not None:
+        if self._pool is not None:
             raise MtbenchError("edge meter: the worker count cannot change while workers run; call it before "
                                "the first update or after reading the state.")
         self.num_workers = int(num_workers)
